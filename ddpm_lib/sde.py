@@ -1,0 +1,265 @@
+"""The SDE view of diffusion (Song et al. 2021), Chapter 6.
+
+A forward SDE dx = f(x, t) dt + g(t) dW on t ∈ [0, 1] has the reverse-time SDE (Anderson 1982)
+
+    dx = [f(x, t) - g(t)² ∇_x log p_t(x)] dt + g(t) dW̄,
+
+and the probability-flow ODE dx/dt = f(x, t) - ½ g(t)² ∇_x log p_t(x) with the same marginals.
+DDPM is a discretization of the variance-preserving (VP) SDE dx = -½ β(t) x dt + √β(t) dW.
+An ε-model gives the score through ∇ log p_t(x) ≈ -ε̂(x, t)/σ_t, σ_t the marginal std.
+
+Continuous time t ∈ [0, 1] meets the discrete steps at t = i/T for book step i (code index i-1).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .schedules import check_betas
+
+Tensor = torch.Tensor
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _bcast(v: Tensor, x: Tensor) -> Tensor:
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class SDE(abc.ABC):
+    """A forward SDE on t ∈ [0, 1]: drift f, diffusion g, marginals and prior."""
+
+    @abc.abstractmethod
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Drift f(x, t) shaped like x, and diffusion g(t) of shape [B]."""
+
+    @abc.abstractmethod
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean of p_t(x | x_0) shaped like x0, and its std σ_t of shape [B]."""
+
+    @abc.abstractmethod
+    def prior_sampling(
+        self, shape: tuple[int, ...], device=None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """A draw from the prior p_1 that the reverse process starts from."""
+
+    def mean_coeff(self, t: Tensor) -> Tensor:
+        """s(t) with mean = s(t) x_0, shape [B]."""
+        return self.marginal_prob(torch.ones_like(t), t)[0]
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
+        """The reverse-time SDE (or, with ``probability_flow``, the ODE) driven by ``score_fn``."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+
+class ReverseSDE:
+    """dx = [f - g² s] dt + g dW̄ (SDE) or dx = [f - ½ g² s] dt (probability-flow ODE)."""
+
+    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool) -> None:
+        self.forward = forward
+        self.score_fn = score_fn
+        self.probability_flow = probability_flow
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        f, g = self.forward.sde(x, t)
+        weight = 0.5 if self.probability_flow else 1.0
+        drift = f - weight * _bcast(g**2, x) * self.score_fn(x, t)
+        return drift, torch.zeros_like(g) if self.probability_flow else g
+
+
+class VPSDE(SDE):
+    """Variance-preserving SDE with linear β(t) = β_min + t (β_max - β_min) (Song et al. 2021).
+
+    With β_min = T β_1 and β_max = T β_T it is the T → ∞ limit of DDPM's linear schedule:
+    β(i/T)/T ≈ β_i. Marginal: mean e^{-½B(t)} x_0, variance 1 - e^{-B(t)}, B(t) = ∫_0^t β.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        if not 0 <= beta_min <= beta_max:
+            raise ValueError(f"need 0 ≤ beta_min ≤ beta_max, got {beta_min}, {beta_max}")
+        self.beta_min = beta_min
+        self.beta_max = beta_max
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integrated_beta(self, t: Tensor) -> Tensor:
+        """B(t) = ∫_0^t β(s) ds = -log ᾱ(t)."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        return torch.exp(-self.integrated_beta(t))
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        beta = self.beta(t)
+        return -0.5 * _bcast(beta, x) * x, beta.sqrt()
+
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        big_b = self.integrated_beta(t)
+        mean = _bcast(torch.exp(-0.5 * big_b), x0) * x0
+        return mean, (-torch.expm1(-big_b)).sqrt()
+
+    def prior_sampling(self, shape, device=None, generator=None) -> Tensor:
+        return torch.randn(shape, device=device, generator=generator)
+
+
+class DiscreteVPSDE(VPSDE):
+    """The VP-SDE whose marginals equal a discrete schedule's exactly at t = i/T.
+
+    B(t) = -log ᾱ(t) interpolates linearly between the grid values -log ᾱ_i (with ᾱ_0 = 1), so
+    β(t) is piecewise constant, T·(-log(1 - β_i)) on ((i-1)/T, i/T]. Any schedule works
+    (linear, cosine); at t = i/T the mean coefficient is √ᾱ_i and the std √(1 - ᾱ_i).
+    """
+
+    def __init__(self, betas: Tensor) -> None:
+        betas = check_betas(betas)
+        self.num_timesteps = int(betas.shape[0])
+        self._log_alpha = torch.log1p(-betas)
+        self._neg_log_abar = torch.cat([betas.new_zeros(1), -torch.cumsum(self._log_alpha, 0)])
+        self.beta_min = float(-self._log_alpha[0]) * self.num_timesteps
+        self.beta_max = float(-self._log_alpha[-1]) * self.num_timesteps
+
+    def _locate(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        u = t.double().clamp(0.0, 1.0) * self.num_timesteps
+        i = u.floor().long().clamp(max=self.num_timesteps - 1)
+        return i, u - i
+
+    def beta(self, t: Tensor) -> Tensor:
+        i, _ = self._locate(t)
+        return (-self._log_alpha.to(t.device)[i] * self.num_timesteps).to(t.dtype)
+
+    def integrated_beta(self, t: Tensor) -> Tensor:
+        i, frac = self._locate(t)
+        grid = self._neg_log_abar.to(t.device)
+        return (grid[i] + frac * (grid[i + 1] - grid[i])).to(t.dtype)
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE dx = σ(t) √(2 log(σ_max/σ_min)) dW, σ(t) = σ_min (σ_max/σ_min)^t.
+
+    Mean x_0, std σ(t) (SMLD / NCSN). Related to VP by x_VE = x_VP/√ᾱ, σ_VE² = (1-ᾱ)/ᾱ.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        g = self.sigma(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
+        return torch.zeros_like(x), g
+
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return x0, self.sigma(t)
+
+    def prior_sampling(self, shape, device=None, generator=None) -> Tensor:
+        return self.sigma_max * torch.randn(shape, device=device, generator=generator)
+
+
+def eps_model_score_fn(sde: SDE, model: Callable[[Tensor, Tensor], Tensor], T: int) -> ScoreFn:
+    """score(x, t) = -ε̂(x, t·T - 1)/σ_t: an ε-model trained on T discrete steps as a score.
+
+    Continuous time t maps to the fractional code index t·T - 1, so t = i/T is code index
+    i-1 (book step i); the network's sinusoidal time embedding accepts fractional steps.
+    """
+
+    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+        _, std = sde.marginal_prob(x, t)
+        eps = model(x, (t * T - 1).to(torch.float32))
+        return -eps / _bcast(std, x)
+
+    return score_fn
+
+
+def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
+    """E[x_0 | x_t] = (x_t + σ_t² ∇ log p_t(x_t))/s(t) (Tweedie's formula), shaped like x."""
+    _, std = sde.marginal_prob(x, t)
+    return (x + _bcast(std**2, x) * score_fn(x, t)) / _bcast(sde.mean_coeff(t), x)
+
+
+def _time_grid(steps: int, t_end: float) -> Tensor:
+    if steps < 1:
+        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    if not 0 < t_end < 1:
+        raise ValueError(f"t_end must lie in (0, 1), got {t_end}")
+    return torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64)
+
+
+@torch.no_grad()
+def euler_maruyama_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    shape: tuple[int, ...],
+    steps: int = 1000,
+    t_end: float = 1e-3,
+    denoise: bool = True,
+    x_init: Tensor | None = None,
+    device=None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Integrate the reverse-time SDE from t = 1 to ``t_end`` in ``steps`` Euler–Maruyama steps.
+
+    x ← x - [f - g² s] h + g √h z with h = |Δt|, z ~ N(0, I). With ``denoise`` the result is
+    Tweedie's E[x_0 | x_{t_end}]. Returns a tensor of ``shape``.
+    """
+    grid = _time_grid(steps, t_end)
+    x = sde.prior_sampling(shape, device, generator) if x_init is None else x_init.clone()
+    rsde = sde.reverse(score_fn, probability_flow=False)
+    for k in tqdm(range(steps), desc="Euler–Maruyama", disable=not progress):
+        t = torch.full((x.shape[0],), float(grid[k]), device=x.device, dtype=x.dtype)
+        h = float(grid[k] - grid[k + 1])
+        drift, g = rsde.sde(x, t)
+        z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        x = x - drift * h + _bcast(g, x) * math.sqrt(h) * z
+    if denoise:
+        t = torch.full((x.shape[0],), t_end, device=x.device, dtype=x.dtype)
+        x = tweedie_denoise(sde, score_fn, x, t)
+    return x
+
+
+@torch.no_grad()
+def probability_flow_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    shape: tuple[int, ...],
+    steps: int = 100,
+    t_end: float = 1e-3,
+    method: str = "heun",
+    denoise: bool = True,
+    x_init: Tensor | None = None,
+    device=None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Integrate the probability-flow ODE from t = 1 to ``t_end``: deterministic given x_1.
+
+    ``method`` "euler" (first order, one score call a step) or "heun" (second order, two).
+    """
+    if method not in ("euler", "heun"):
+        raise ValueError(f"unknown ODE method {method!r}; choose 'euler' or 'heun'")
+    grid = _time_grid(steps, t_end)
+    x = sde.prior_sampling(shape, device, generator) if x_init is None else x_init.clone()
+    ode = sde.reverse(score_fn, probability_flow=True)
+    b = x.shape[0]
+    for k in tqdm(range(steps), desc=f"probability-flow ODE ({method})", disable=not progress):
+        t = torch.full((b,), float(grid[k]), device=x.device, dtype=x.dtype)
+        dt = float(grid[k + 1] - grid[k])
+        d1 = ode.sde(x, t)[0]
+        x_next = x + d1 * dt
+        if method == "heun":
+            t_next = torch.full((b,), float(grid[k + 1]), device=x.device, dtype=x.dtype)
+            x_next = x + 0.5 * (d1 + ode.sde(x_next, t_next)[0]) * dt
+        x = x_next
+    if denoise:
+        t = torch.full((b,), t_end, device=x.device, dtype=x.dtype)
+        x = tweedie_denoise(sde, score_fn, x, t)
+    return x

@@ -1,0 +1,226 @@
+"""Specification of ddpm_lib.sde: VP/VE SDEs and the reverse-time samplers (Chapter 6)."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm_lib.diffusion import GaussianDiffusion
+from ddpm_lib.schedules import get_beta_schedule
+from ddpm_lib.sde import (
+    VESDE,
+    VPSDE,
+    DiscreteVPSDE,
+    eps_model_score_fn,
+    euler_maruyama_sample,
+    probability_flow_sample,
+    tweedie_denoise,
+)
+from helpers import mc_tolerance
+
+T = 1000
+MU, S2 = 0.5, 0.09  # 1-D Gaussian data N(MU, S2): every marginal and score is known exactly
+
+
+def gaussian_marginal(sde, t):
+    """Mean and variance of p_t when p_0 = N(MU, S2) under a VP-SDE."""
+    ab = torch.exp(-sde.integrated_beta(t))
+    return ab.sqrt() * MU, ab * S2 + 1 - ab
+
+
+def gaussian_score(sde):
+    def score(x, t):
+        m, v = gaussian_marginal(sde, t)
+        return -(x - m.reshape(-1, 1)) / v.reshape(-1, 1)
+
+    return score
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_discrete_vp_sde_marginals_equal_alphas_cumprod_at_the_grid(name):
+    betas = get_beta_schedule(name, T)
+    sde, d = DiscreteVPSDE(betas), GaussianDiffusion(betas)
+    i = torch.arange(1, T + 1, dtype=torch.float64)
+    mean, std = sde.marginal_prob(torch.ones(T, dtype=torch.float64), i / T)
+    torch.testing.assert_close(mean, d.sqrt_alphas_cumprod, rtol=1e-12, atol=0)
+    torch.testing.assert_close(std, d.sqrt_one_minus_alphas_cumprod, rtol=1e-12, atol=0)
+
+
+def test_discrete_vp_sde_beta_is_the_log_slope_of_alpha_bar():
+    sde = DiscreteVPSDE(get_beta_schedule("linear", T))
+    t = torch.tensor([0.2503, 0.7771], dtype=torch.float64)  # away from the grid's kinks
+    h = 1e-7
+    slope = (sde.integrated_beta(t + h) - sde.integrated_beta(t - h)) / (2 * h)
+    torch.testing.assert_close(slope, sde.beta(t), rtol=1e-6, atol=0)
+
+
+def test_linear_vp_sde_is_the_continuum_limit_of_the_discrete_schedule():
+    # β(i/T)/T = β_min/T + (i/T)(β_max-β_min)/T ≈ DDPM's β_i for β_min = Tβ_1, β_max = Tβ_T.
+    d = GaussianDiffusion(get_beta_schedule("linear", T))
+    sde = VPSDE(beta_min=T * 1e-4, beta_max=T * 0.02)
+    i = torch.arange(1, T + 1, dtype=torch.float64)
+    # -log ᾱ_i = Σ β_j + Σ β_j²/2 + ..., B(i/T) = ∫β: they differ by the quadratic terms
+    # (Σ β_j²/2 ≤ T β_max²/2 = 0.2) and by the grid offset ≤ (β_max-β_min)/(2T) per unit time.
+    gap = (sde.integrated_beta(i / T) + torch.log(d.alphas_cumprod)).abs()
+    bound = 0.5 * (d.betas**2).cumsum(0) / (1 - 0.02) + (sde.beta_max - sde.beta_min) / (2 * T)
+    assert (gap <= bound).all()
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), DiscreteVPSDE(get_beta_schedule("cosine", T))])
+def test_vp_variance_solves_the_variance_ode(sde):
+    # Var of p_t(x|x_0) solves dv/dt = β(t)(1 - v) for any VP-SDE; checked by central
+    # differences away from the grid points (error O(h²) ≈ 1e-12 for h = 1e-6).
+    t = torch.tensor([0.1234, 0.5011, 0.8777], dtype=torch.float64)
+    h = 1e-6
+
+    def var(s):
+        return sde.marginal_prob(torch.zeros_like(s), s)[1] ** 2
+
+    dv = (var(t + h) - var(t - h)) / (2 * h)
+    torch.testing.assert_close(dv, sde.beta(t) * (1 - var(t)), rtol=1e-6, atol=0)
+
+
+def test_ve_sde_variance_grows_as_g_squared_and_reaches_sigma_max():
+    sde = VESDE(0.01, 50.0)
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    _, std = sde.marginal_prob(torch.zeros(3, dtype=torch.float64), t)
+    assert std[0].item() == pytest.approx(0.01) and std[-1].item() == pytest.approx(50.0)
+    h = 1e-6
+    tm = torch.tensor([0.42], dtype=torch.float64)
+    dvar = (sde.sigma(tm + h) ** 2 - sde.sigma(tm - h) ** 2) / (2 * h)
+    _, g = sde.sde(torch.zeros(1, dtype=torch.float64), tm)
+    torch.testing.assert_close(dvar, g**2, rtol=1e-6, atol=0)
+
+
+def test_eps_model_score_is_minus_eps_over_sigma_at_grid_points():
+    betas = get_beta_schedule("linear", T)
+    sde, d = DiscreteVPSDE(betas), GaussianDiffusion(betas)
+
+    def model(x, t):
+        return torch.cos(x) * (t.reshape(-1, 1) + 1) / T
+
+    score = eps_model_score_fn(sde, model, T)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    idx = torch.tensor([0, 499, 999])
+    got = score(x, (idx + 1).double() / T)
+    torch.testing.assert_close(got, d.eps_to_score(model(x, idx), idx), rtol=1e-6, atol=1e-9)
+
+
+def test_tweedie_denoiser_gives_the_posterior_mean_for_gaussian_data():
+    sde = VPSDE()
+    t = torch.tensor([0.3, 0.3], dtype=torch.float64)
+    x = torch.tensor([[-0.4], [1.2]], dtype=torch.float64)
+    ab = torch.exp(-sde.integrated_beta(t)).reshape(-1, 1)
+    # E[x_0 | x_t] for x_0 ~ N(MU, S2), x_t = √ᾱ x_0 + √(1-ᾱ) ε (Gaussian conditioning).
+    expected = MU + S2 * ab.sqrt() / (ab * S2 + 1 - ab) * (x - ab.sqrt() * MU)
+    got = tweedie_denoise(sde, gaussian_score(sde), x, t)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def _flow_error(method, steps):
+    # Exact probability-flow map for Gaussian data: x(t) - m(t) = √(v(t)/v(1)) (x(1) - m(1)).
+    sde = VPSDE()
+    x1 = torch.linspace(-2, 2, 9, dtype=torch.float64).reshape(-1, 1)
+    t_end = 1e-3
+    got = probability_flow_sample(
+        sde, gaussian_score(sde), (9, 1), steps, t_end, method, False, x1, progress=False
+    )
+    one, end = torch.ones(1, dtype=torch.float64), torch.full((1,), t_end, dtype=torch.float64)
+    (m1, v1), (me, ve) = gaussian_marginal(sde, one), gaussian_marginal(sde, end)
+    exact = me + (ve / v1).sqrt() * (x1 - m1)
+    return (got - exact).abs().max().item()
+
+
+@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2)])
+def test_probability_flow_solver_converges_at_its_order(method, order):
+    # Halving the step divides the global error by 2^order, up to O(h) corrections.
+    e1, e2, e3 = (_flow_error(method, n) for n in (100, 200, 400))
+    for coarse, fine in ((e1, e2), (e2, e3)):
+        assert math.log2(coarse / fine) == pytest.approx(order, abs=0.15)
+
+
+def test_euler_maruyama_matches_its_exact_moment_recursion_and_converges():
+    # With a Gaussian score each EM step is affine: x' = A x + b + c z with
+    # A = 1 + hβ(½ - 1/v), b = hβ m/v, c = √(βh) (m, v the marginal at the step's time).
+    # Its mean and variance therefore follow an exact recursion, derived here by hand.
+    sde = VPSDE()
+    t_end = 1e-3
+
+    def marginal(t):  # plain floats, from B(t) = β_min t + ½(β_max-β_min)t²
+        ab = math.exp(-(sde.beta_min * t + 0.5 * (sde.beta_max - sde.beta_min) * t * t))
+        return math.sqrt(ab) * MU, ab * S2 + 1 - ab
+
+    def recursion(steps):
+        mean, var = 0.0, 1.0
+        for k in range(steps):
+            t = 1.0 + k * (t_end - 1.0) / steps
+            h = (1.0 - t_end) / steps
+            beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
+            m, v = marginal(t)
+            a = 1 + h * beta * (0.5 - 1 / v)
+            mean, var = a * mean + h * beta * m / v, a * a * var + beta * h
+        return mean, var
+
+    n, steps = 50_000, 200
+    x = euler_maruyama_sample(
+        sde,
+        gaussian_score(sde),
+        (n, 1),
+        steps,
+        t_end,
+        denoise=False,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+        x_init=torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+    )
+    mean, var = recursion(steps)
+    assert abs(x.mean().item() - mean) < mc_tolerance(math.sqrt(var), n)
+    assert abs(x.var().item() - var) < mc_tolerance(math.sqrt(2) * var, n - 1)
+    # EM is weakly first order: the moment errors against the true marginal halve with h.
+    m_true, v_true = marginal(t_end)
+    errs = []
+    for s in (400, 800, 1600):
+        mean_s, var_s = recursion(s)
+        errs.append(abs(mean_s - m_true) + abs(var_s - v_true))
+    for coarse, fine in zip(errs, errs[1:], strict=False):
+        assert math.log2(coarse / fine) == pytest.approx(1.0, abs=0.15)
+
+
+@pytest.mark.parametrize("sampler", [euler_maruyama_sample, probability_flow_sample])
+def test_oracle_eps_model_drives_sde_samplers_to_the_data_point(sampler, oracle_eps):
+    betas = get_beta_schedule("linear", T)
+    sde, d = DiscreteVPSDE(betas), GaussianDiffusion(betas)
+    x_star = torch.tensor([[0.3, -0.7, 0.9]], dtype=torch.float64)
+    oracle = oracle_eps(d, x_star)
+
+    def model(x, t):  # the oracle is exact at fractional steps too: use ᾱ of the SDE
+        tt = (t.double() + 1) / T
+        mean, std = sde.marginal_prob(x_star.expand_as(x), tt)
+        return (x - mean) / std.reshape(-1, 1)
+
+    score = eps_model_score_fn(sde, model, T)
+    x = sampler(
+        sde,
+        score,
+        (4, 3),
+        steps=100,
+        t_end=1 / T,
+        progress=False,
+        x_init=torch.randn(4, 3, dtype=torch.float64),
+    )
+    torch.testing.assert_close(x, x_star.expand(4, 3), rtol=0, atol=1e-9)
+    # At grid points the SDE oracle and the discrete oracle agree.
+    xt = torch.randn(2, 3, dtype=torch.float64)
+    idx = torch.tensor([10, 600])
+    torch.testing.assert_close(model(xt, idx.double()), oracle(xt, idx), rtol=1e-9, atol=1e-12)
+
+
+def test_bad_sde_arguments_are_rejected():
+    with pytest.raises(ValueError, match="beta_min ≤ beta_max"):
+        VPSDE(beta_min=5.0, beta_max=1.0)
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        VESDE(1.0, 0.5)
+    with pytest.raises(ValueError, match=r"t_end must lie in \(0, 1\)"):
+        probability_flow_sample(VPSDE(), lambda x, t: -x, (2, 1), steps=5, t_end=0.0)
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        probability_flow_sample(VPSDE(), lambda x, t: -x, (2, 1), method="rk4")
