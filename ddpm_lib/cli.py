@@ -1,0 +1,244 @@
+"""Command line: ``python -m ddpm_lib train | sample | export`` (each with ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, export_release, load_model
+from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
+from .diffusion import MEAN_TYPES, GaussianDiffusion
+from .models import UNET_PRESETS
+from .schedules import SCHEDULES, get_beta_schedule
+from .train import NonFiniteLossError, TrainConfig, Trainer
+from .utils import get_device, seed_everything
+
+# Settings that only say how long or where a run goes; they may change when resuming.
+RESUMABLE = ("steps", "log_every", "save_every", "out_dir", "bf16")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got {text!r}"
+        ) from None
+
+
+def _dataset(text: str) -> str:
+    name = text.lower()
+    if name in TOY_DATASETS:
+        return name
+    try:
+        return canonical_name(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"{e}; or a 2-D toy set: {', '.join(TOY_DATASETS)}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ddpm_lib", description="Train and sample DDPM models (ddpm_lib)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    # Defaults are None so that --resume can tell what was given on the command line.
+    tr = sub.add_parser("train", help="train a model with L_simple (Algorithm 1)")
+    tr.add_argument("--dataset", type=_dataset, help="mnist, fashion_mnist, cifar10 or a toy set")
+    tr.add_argument("--split", choices=["train", "test"], help="which split to train on")
+    tr.add_argument("--holdout", type=int, help="hold out this many images (fixed seed)")
+    tr.add_argument("--data-root", help="folder with <Name>/raw/...; default $DDPM_DATA_ROOT")
+    tr.add_argument("--download", action="store_true", default=None, help="download if missing")
+    tr.add_argument("--model", choices=["unet", "mlp"], help="network type")
+    tr.add_argument("--preset", choices=sorted(UNET_PRESETS), help="UNet preset (default mnist)")
+    tr.add_argument("--ch", type=_positive_int, help="UNet base channels (overrides preset)")
+    tr.add_argument("--ch-mult", type=_int_tuple, help="UNet channel multipliers, e.g. 1,2,2")
+    tr.add_argument("--num-res-blocks", type=_positive_int, help="residual blocks per level")
+    tr.add_argument("--attn", type=_int_tuple, help="attention resolutions, e.g. 14")
+    tr.add_argument("--dropout", type=float, help="dropout probability")
+    tr.add_argument("--num-groups", type=_positive_int, help="GroupNorm groups (default 32)")
+    tr.add_argument("--schedule", choices=sorted(SCHEDULES), help="beta schedule")
+    tr.add_argument("--num-timesteps", type=_positive_int, help="T (default 1000)")
+    tr.add_argument("--mean-type", choices=MEAN_TYPES, help="what the network predicts")
+    tr.add_argument("--steps", type=_positive_int, help="total optimizer steps")
+    tr.add_argument("--batch-size", type=_positive_int, help="images per step")
+    tr.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-4)")
+    tr.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
+    tr.add_argument("--grad-clip", type=float, help="gradient norm clip (0 = off)")
+    tr.add_argument("--ema-decay", type=float, help="EMA decay (default 0.9999)")
+    tr.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    tr.add_argument("--seed", type=int, help="random seed")
+    tr.add_argument("--log-every", type=_positive_int, help="steps between loss logs")
+    tr.add_argument("--save-every", type=_positive_int, help="steps between checkpoints")
+    tr.add_argument("--out-dir", help="where last.pt, config.json and metrics.jsonl go")
+    tr.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    tr.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sa = sub.add_parser("sample", help="draw samples from a checkpoint into an image grid")
+    sa.add_argument("--checkpoint", type=Path, required=True, help="a .pt from train/export")
+    sa.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    sa.add_argument("--steps", type=_positive_int, help="DDIM steps (default 50; DDPM uses T)")
+    sa.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic)")
+    sa.add_argument("--n", type=_positive_int, default=64, help="number of samples")
+    sa.add_argument("--out", type=Path, default=Path("samples.png"), help="output .png")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
+    sa.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    sa.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ex = sub.add_parser("export", help="write a small release checkpoint (fp16 EMA weights)")
+    ex.add_argument("--checkpoint", type=Path, required=True)
+    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given explicitly on the command line."""
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}
+    }
+    model: dict[str, Any] = {}
+    if args.model or args.preset or args.ch or args.ch_mult or args.num_res_blocks:
+        model["type"] = args.model or "unet"
+    elif args.attn is not None or args.dropout is not None or args.num_groups:
+        model["type"] = "unet"
+    if model.get("type") == "unet":
+        model["preset"] = args.preset or "mnist"
+        for key, value in (
+            ("ch", args.ch),
+            ("ch_mult", args.ch_mult),
+            ("num_res_blocks", args.num_res_blocks),
+            ("attn_resolutions", args.attn),
+            ("dropout", args.dropout),
+            ("num_groups", args.num_groups),
+        ):
+            if value is not None:
+                model[key] = list(value) if isinstance(value, tuple) else value
+    if model:
+        given["model"] = model
+    return given
+
+
+def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    given = _train_config(args)
+    if args.resume is not None:
+        if set(given) - set(RESUMABLE):
+            parser.error(
+                f"--resume continues the run in {args.resume} with its own settings; only "
+                f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change "
+                f"(got {', '.join(sorted(set(given) - set(RESUMABLE)))})"
+            )
+        given.setdefault("out_dir", str(args.resume.parent))
+        trainer = Trainer.from_checkpoint(args.resume, device=args.device, **given)
+        print(f"resuming {args.resume} at step {trainer.step}")
+    else:
+        if given.get("dataset") in TOY_DATASETS and "model" not in given:
+            given["model"] = {"type": "mlp"}
+        trainer = Trainer(TrainConfig(**given), device=args.device)
+    print(f"training on {trainer.data_note}; device {trainer.device}")
+    trainer.run(progress=not args.no_progress)
+    print(f"done at step {trainer.step}; checkpoint {trainer.last_checkpoint}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.out.suffix.lower() != ".png":
+        parser.error(f"--out must be a .png file, got {args.out}")
+    if args.eta < 0:
+        parser.error(f"--eta must be ≥ 0, got {args.eta}")
+    device = get_device(args.device)
+    model, ckpt = load_model(args.checkpoint, use_ema=not args.no_ema, map_location=device)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    diffusion = GaussianDiffusion(get_beta_schedule(cfg.schedule, cfg.num_timesteps), cfg.mean_type)
+    steps = args.steps or (50 if args.sampler == "ddim" else cfg.num_timesteps)
+    if args.sampler == "ddpm" and steps != cfg.num_timesteps:
+        parser.error(f"--sampler ddpm runs all T = {cfg.num_timesteps} steps; use ddim for fewer")
+    if steps > cfg.num_timesteps:
+        parser.error(f"--steps must be at most T = {cfg.num_timesteps}, got {steps}")
+    gen = seed_everything(args.seed)
+    gen = torch.Generator(device).manual_seed(args.seed) if device.type != "cpu" else gen
+    spec = ckpt["config"]["model"]
+    if spec.get("type") == "mlp":
+        shape: tuple[int, ...] = (args.n, spec.get("dim", 2))
+    else:
+        size, channels = _image_shape(model)
+        shape = (args.n, channels, size, size)
+    # x̂_0 is clipped to the data range [-1, 1] for images only; toy points are unbounded.
+    kwargs = dict(
+        device=device,
+        generator=gen,
+        progress=not args.no_progress,
+        clip_denoised=spec.get("type") != "mlp",
+    )
+    if args.sampler == "ddpm":
+        x = diffusion.sample(model, shape, **kwargs)
+    else:
+        x = diffusion.ddim_sample(model, shape, steps=steps, eta=args.eta, **kwargs)
+    _save_samples(x.cpu(), args.out)
+    print(f"wrote {args.n} samples ({args.sampler}, {steps} steps) to {args.out}")
+    return 0
+
+
+def _image_shape(model: torch.nn.Module) -> tuple[int, int]:
+    cfg = model.config  # type: ignore[attr-defined]
+    return cfg.image_size, cfg.in_channels
+
+
+def _save_samples(x: torch.Tensor, out: Path) -> None:
+    from . import viz
+
+    if x.ndim == 4:
+        viz.save_grid(x, out)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(x[:, 0], x[:, 1], s=4)
+    ax.set_aspect("equal")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    path = export_release(args.checkpoint, args.out, half=not args.fp32)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"train": cmd_train, "sample": cmd_sample, "export": cmd_export}
+    try:
+        return commands[args.command](args, parser)
+    except (CheckpointError, DatasetNotFoundError, NonFiniteLossError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

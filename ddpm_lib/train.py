@@ -1,0 +1,313 @@
+"""Training with L_simple (Algorithm 1, Chapter 4): AdamW, EMA, clipping, checkpoints, resume.
+
+``Trainer(config).run()`` trains; ``Trainer.from_checkpoint(path).run()`` continues a run that
+stopped (or was killed) at its last checkpoint and reproduces the uninterrupted run exactly:
+the checkpoint holds the model, EMA, optimizer, step and every random generator state.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_checkpoint
+from .data import IMAGE_SHAPES, TOY_DATASETS, canonical_name, holdout_split, load_image_dataset
+from .data import toy_dataset as make_toy_dataset
+from .diffusion import MEAN_TYPES, GaussianDiffusion
+from .models import build_model
+from .schedules import get_beta_schedule
+from .utils import get_device
+
+Tensor = torch.Tensor
+
+# Changing any of these between a checkpoint and a resumed run changes what is trained.
+IDENTITY_KEYS = ("dataset", "split", "holdout", "model", "schedule", "num_timesteps", "mean_type")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in every checkpoint."""
+
+    dataset: str = "fashion_mnist"
+    split: str = "train"
+    holdout: int = 0  # hold out this many images (fixed seed 0), train on the rest
+    data_root: str | None = None
+    download: bool = False
+    toy_size: int = 10_000  # points drawn for a 2-D toy dataset
+    model: dict[str, Any] = field(default_factory=lambda: {"type": "unet", "preset": "mnist"})
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    mean_type: str = "eps"
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    bf16: bool = False
+    seed: int = 0
+    log_every: int = 100
+    save_every: int = 1000
+    out_dir: str = "runs/default"
+
+    def validate(self) -> None:
+        positive = ("toy_size", "num_timesteps", "steps", "batch_size", "log_every", "save_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.mean_type not in MEAN_TYPES:
+            raise ValueError(f"mean_type must be one of {MEAN_TYPES}, got {self.mean_type!r}")
+        if self.holdout < 0 or self.warmup < 0 or self.grad_clip < 0:
+            raise ValueError("holdout, warmup and grad_clip must be non-negative")
+        name = self.dataset.lower()
+        if name not in TOY_DATASETS:
+            canonical_name(name)  # raises with the valid names
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+def load_training_data(config: TrainConfig) -> tuple[Tensor, str]:
+    """The training set in model range: [N, C, H, W] images in [-1, 1] or [N, 2] points.
+
+    Returns the tensor and a one-line description of what it is (printed and stored).
+    """
+    name = config.dataset.lower()
+    if name in TOY_DATASETS:
+        gen = torch.Generator().manual_seed(config.seed)
+        return make_toy_dataset(name, config.toy_size, gen), f"{config.toy_size} {name} points"
+    data = load_image_dataset(name, config.split, config.data_root, config.download)
+    if config.holdout:
+        keep, _ = holdout_split(len(data), config.holdout, seed=0)
+        data = data.subset(keep)
+    note = f"{len(data)} images of {data.name} split {data.split!r} from {data.source}"
+    if config.holdout:
+        note += f" ({config.holdout} held out by holdout_split(seed=0))"
+    return data.to_model_range(), note
+
+
+def _check_data_fits_model(data: Tensor, spec: dict[str, Any], dataset: str) -> None:
+    model = build_model(spec)
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return
+    if hasattr(cfg, "image_size"):
+        want = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    else:
+        want = (cfg.dim,)
+    if tuple(data.shape[1:]) != want:
+        hint = ", ".join(f"{k}: {v}" for k, v in IMAGE_SHAPES.items())
+        raise ValueError(
+            f"dataset {dataset!r} has items of shape {tuple(data.shape[1:])} but the model "
+            f"expects {want}; choose a model config that matches ({hint}; 2-D toy data needs "
+            "the 'mlp' model)"
+        )
+
+
+class Trainer:
+    """Owns the model, EMA copy, optimizer, generators and the step counter."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module | None = None,
+        data: Tensor | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.device = get_device(str(device) if device is not None else None)
+        if data is None:
+            data, self.data_note = load_training_data(config)
+        else:
+            self.data_note = f"{len(data)} items given directly"
+        _check_data_fits_model(data, config.model, config.dataset)
+        self.data = data.to(self.device)
+        torch.manual_seed(config.seed)
+        self.model = (model or build_model(config.model)).to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.diffusion = GaussianDiffusion(
+            get_beta_schedule(config.schedule, config.num_timesteps), config.mean_type
+        )
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
+        )
+        self.data_gen = torch.Generator().manual_seed(config.seed)
+        self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.step = 0
+        self.history: dict[str, list[float]] = {"step": [], "loss": []}
+        self.out_dir = Path(config.out_dir)
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        rng = {
+            "torch": torch.get_rng_state(),
+            "data": self.data_gen.get_state(),
+            "noise": self.noise_gen.get_state(),
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "history": self.history,
+            "data_note": self.data_note,
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        diff = config_mismatch(ckpt["config"], self.config.to_dict(), IDENTITY_KEYS)
+        if diff:
+            raise CheckpointError(
+                f"the checkpoint's config does not match this run ({diff}); resume with the "
+                "original settings or start a fresh run in a new --out-dir"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self.history = {k: list(v) for k, v in ckpt["history"].items()}
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.data_gen.set_state(rng["data"])
+        self.noise_gen.set_state(rng["noise"].to(self.noise_gen.get_state().device))
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device | None = None, **overrides: Any
+    ) -> Trainer:
+        """Rebuild the trainer a checkpoint came from and restore its state.
+
+        ``overrides`` may change run-length settings (``steps``, ``save_every``, ``out_dir``
+        ...); changing what is trained (model, data, schedule) is an error.
+        """
+        ckpt = load_checkpoint(path)
+        config_dict = {**ckpt["config"], **overrides}
+        trainer = cls(TrainConfig.from_dict(config_dict), device=device)
+        trainer.load_state_dict(ckpt)
+        trainer.last_checkpoint = Path(path)
+        return trainer
+
+    def save(self, name: str = "last.pt") -> Path:
+        self.last_checkpoint = save_checkpoint(self.state_dict(), self.out_dir / name)
+        return self.last_checkpoint
+
+    # ------------------------------------------------------------------ training
+    def _lr(self) -> float:
+        if self.config.warmup == 0:
+            return self.config.lr
+        return self.config.lr * min(1.0, (self.step + 1) / self.config.warmup)
+
+    def ema_decay(self) -> float:
+        """min(ema_decay, (1 + n)/(10 + n)) after n updates: early on, an EMA with decay
+        0.9999 would still be mostly the random initialisation, so it warms up."""
+        return min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+
+    def train_step(self) -> Tensor:
+        """One optimizer step on a batch drawn with replacement; returns the loss (on device)."""
+        cfg = self.config
+        idx = torch.randint(len(self.data), (cfg.batch_size,), generator=self.data_gen)
+        x0 = self.data[idx.to(self.device)]
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr()
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = self.diffusion.training_loss(self.model, x0, generator=self.noise_gen).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            ema_params = list(self.ema.parameters())
+            params = [p.detach() for p in self.model.parameters()]
+            torch._foreach_lerp_(ema_params, params, 1.0 - self.ema_decay())
+        self.step += 1
+        return loss.detach()
+
+    def _check_losses(self, losses: list[Tensor], first_step: int) -> float:
+        """Mean of a window of losses; raises at the first non-finite one (one host sync)."""
+        window = torch.stack(losses).float().cpu()
+        bad = (~torch.isfinite(window)).nonzero()
+        if len(bad):
+            step = first_step + int(bad[0])
+            kept = (
+                f"the last good checkpoint {self.last_checkpoint} is kept"
+                if self.last_checkpoint
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"the loss became {window[int(bad[0])].item()} at step {step}; stopped, and "
+                f"{kept}. Lower --lr, keep --grad-clip on, or check the data for NaNs"
+            )
+        return window.mean().item()
+
+    def run(self, progress: bool = True, callback: Callable[[Trainer], None] | None = None):
+        """Train until ``config.steps``, logging every ``log_every`` and saving every
+        ``save_every`` steps and at the end. Losses are checked for NaN before each save, so
+        a checkpoint never holds weights updated by a non-finite loss.
+        """
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "config.json", "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress)
+        window: list[Tensor] = []
+        window_start = self.step + 1
+        log = open(self.out_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finally)
+        try:
+            while self.step < cfg.steps:
+                window.append(self.train_step())
+                bar.update(1)
+                at_log = self.step % cfg.log_every == 0
+                at_save = self.step % cfg.save_every == 0 or self.step == cfg.steps
+                if at_log or at_save:
+                    loss = self._check_losses(window, window_start)
+                    window, window_start = [], self.step + 1
+                    self.history["step"].append(self.step)
+                    self.history["loss"].append(loss)
+                    log.write(json.dumps({"step": self.step, "loss": loss}) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if at_save:
+                    self.save()
+                if callback is not None:
+                    callback(self)
+        finally:
+            log.close()
+            bar.close()
+        return self.history

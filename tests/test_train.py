@@ -1,0 +1,244 @@
+"""Specification of ddpm_lib.train: training, EMA, NaN handling, exact resume (Chapter 4)."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_lib.checkpoint import CheckpointError, load_checkpoint
+from ddpm_lib.models import build_model
+from ddpm_lib.train import NonFiniteLossError, TrainConfig, Trainer
+
+SMALL_UNET_28 = {
+    "type": "unet",
+    "image_size": 28,
+    "in_channels": 1,
+    "ch": 16,
+    "ch_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+    "num_groups": 8,
+}
+
+
+def toy_config(tmp_path, **kw):
+    base = dict(
+        dataset="moons",
+        toy_size=512,
+        model={"type": "mlp", "hidden": 32},
+        num_timesteps=100,
+        steps=40,
+        batch_size=16,
+        lr=1e-3,
+        log_every=5,
+        save_every=10,
+        out_dir=str(tmp_path / "run"),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_training_run_on_real_fashion_mnist_lowers_the_loss(tmp_path):
+    cfg = TrainConfig(
+        dataset="fashion_mnist",
+        model=SMALL_UNET_28,
+        steps=60,
+        batch_size=32,
+        lr=1e-3,
+        log_every=20,
+        save_every=60,
+        out_dir=str(tmp_path / "fm"),
+    )
+    trainer = Trainer(cfg)
+    assert tuple(trainer.data.shape) == (60_000, 1, 28, 28)
+    history = trainer.run(progress=False)
+    # The UNet's output layer starts at zero, so its first loss is E[ε²] = 1 (the next test
+    # pins that); a batch mean of 32·784 squared normals has standard error
+    # √(2/(32·784)) ≈ 0.009, so ending below 0.5 is a fall of more than 50 standard errors.
+    assert history["loss"][-1] < 0.5
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_first_loss_of_a_zero_initialised_unet_is_the_noise_variance(tmp_path):
+    cfg = TrainConfig(dataset="fashion_mnist", model=SMALL_UNET_28, batch_size=32, steps=1)
+    trainer = Trainer(cfg)
+    loss = trainer.train_step().item()
+    assert abs(loss - 1.0) < 5 * math.sqrt(2 / (32 * 784))
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            if not torch.equal(a[k], b[k]):
+                return False
+        elif isinstance(a[k], dict):
+            if not _states_equal(a[k], b[k]):
+                return False
+        elif a[k] != b[k]:
+            return False
+    return True
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
+    full = Trainer(toy_config(tmp_path / "a"))
+    full.run(progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_25(trainer):
+        if trainer.step == 25:
+            raise Crash
+
+    crashed = Trainer(toy_config(tmp_path / "b"))
+    with pytest.raises(Crash):
+        crashed.run(progress=False, callback=crash_at_25)
+    resumed = Trainer.from_checkpoint(tmp_path / "b" / "run" / "last.pt")
+    assert resumed.step == 20
+    resumed.run(progress=False)
+    a, b = full.state_dict(), resumed.state_dict()
+    for key in ("model", "ema", "optimizer", "rng"):
+        assert _states_equal(a[key], b[key]), key
+    assert a["history"] == b["history"]
+
+
+def test_killed_training_process_resumes_to_the_same_state(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    common = ["--dataset", "moons", "--model", "mlp", "--num-timesteps", "100"]
+    common += ["--batch-size", "32", "--save-every", "20", "--log-every", "20", "--no-progress"]
+    cmd = [sys.executable, "-m", "ddpm_lib", "train", *common]
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(
+        [*cmd, "--steps", "100000", "--out-dir", str(killed_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    ckpt_path = killed_dir / "last.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt_path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    step = load_checkpoint(ckpt_path)["step"]
+    assert step >= 20 and step % 20 == 0
+    end = step + 40
+    subprocess.run(
+        [*cmd[:4], "--resume", str(ckpt_path), "--steps", str(end), "--no-progress"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*cmd, "--steps", str(end), "--out-dir", str(clean_dir)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    resumed, clean = load_checkpoint(ckpt_path), load_checkpoint(clean_dir / "last.pt")
+    assert resumed["step"] == clean["step"] == end
+    for key in ("model", "ema", "optimizer", "rng"):
+        assert _states_equal(resumed[key], clean[key]), key
+
+
+class NaNAfter(torch.nn.Module):
+    """Wraps a model and returns NaN from its ``n``-th forward call on."""
+
+    def __init__(self, model, n):
+        super().__init__()
+        self.model, self.n, self.calls = model, n, 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        out = self.model(x, t)
+        return out * float("nan") if self.calls >= self.n else out
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = toy_config(tmp_path)
+    model = NaNAfter(build_model(cfg.model), n=13)
+    trainer = Trainer(cfg, model=model)
+    with pytest.raises(NonFiniteLossError, match=r"nan at step 13.*last good checkpoint"):
+        trainer.run(progress=False)
+    kept = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert kept["step"] == 10
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_resuming_with_a_different_model_is_rejected(tmp_path):
+    Trainer(toy_config(tmp_path, steps=10)).run(progress=False)
+    with pytest.raises(CheckpointError, match=r"config does not match.*model"):
+        Trainer.from_checkpoint(tmp_path / "run" / "last.pt", model={"type": "mlp", "hidden": 64})
+
+
+def test_data_that_does_not_fit_the_model_is_rejected():
+    cfg = TrainConfig(dataset="fashion_mnist", model={"type": "unet", "preset": "cifar10"})
+    with pytest.raises(ValueError, match=r"\(1, 28, 28\).*expects \(3, 32, 32\)"):
+        Trainer(cfg)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"steps": 0}, "steps must be positive"),
+        ({"lr": -1.0}, "lr must be a positive"),
+        ({"ema_decay": 1.0}, r"ema_decay must lie in \[0, 1\)"),
+        ({"dataset": "imagenet"}, "unknown dataset"),
+        ({"mean_type": "score"}, "mean_type must be one of"),
+    ],
+)
+def test_bad_training_config_is_rejected(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw).validate()
+
+
+def test_ema_decay_warms_up_to_its_configured_value(tmp_path):
+    trainer = Trainer(toy_config(tmp_path, ema_decay=0.999))
+    assert trainer.ema_decay() == pytest.approx(0.1)  # (1 + 0)/(10 + 0)
+    trainer.step = 10**6
+    assert trainer.ema_decay() == 0.999
+
+
+def test_ema_follows_the_model_as_an_exponential_average(tmp_path):
+    trainer = Trainer(toy_config(tmp_path, ema_decay=0.5))
+    before = [p.detach().clone() for p in trainer.ema.parameters()]
+    trainer.train_step()  # step 0: decay min(0.5, 1/10) = 0.1
+    for e0, e1, p in zip(before, trainer.ema.parameters(), trainer.model.parameters(), strict=True):
+        torch.testing.assert_close(e1, 0.1 * e0 + 0.9 * p.detach())
+
+
+def test_bf16_autocast_step_gives_a_finite_loss(tmp_path):
+    trainer = Trainer(toy_config(tmp_path, bf16=True))
+    assert torch.isfinite(trainer.train_step())
+
+
+def test_mnist_training_split_offline_says_how_to_use_the_test_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DDPM_DATA_ROOT", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="test split"):
+        Trainer(TrainConfig(dataset="mnist", split="train"))
+
+
+def test_mnist_test_split_with_holdout_trains_on_the_rest(tmp_path):
+    cfg = TrainConfig(dataset="mnist", split="test", holdout=1000, model=SMALL_UNET_28, steps=1)
+    trainer = Trainer(cfg)
+    assert len(trainer.data) == 9000
+    assert "1000 held out" in trainer.data_note
+
+
+def test_run_writes_config_and_metrics_log(tmp_path):
+    Trainer(toy_config(tmp_path, steps=10)).run(progress=False)
+    run = Path(tmp_path / "run")
+    assert (run / "config.json").exists()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # logged at steps 5 and 10
