@@ -131,10 +131,28 @@ def load_model(
     return model.eval().to(map_location), ckpt
 
 
+def model_card(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The figures a model card needs, read from a training checkpoint's own record."""
+    config, history = ckpt["config"], ckpt.get("history") or {}
+    losses = history.get("loss") or []
+    return {
+        "data": ckpt.get("data_note", config.get("dataset")),
+        "steps": ckpt["step"],
+        "batch_size": config.get("batch_size"),
+        "device": ckpt.get("device_name"),
+        "train_minutes": round(float(ckpt.get("train_seconds", 0.0)) / 60, 2),
+        "final_loss": losses[-1] if losses else None,
+        "bf16": config.get("bf16"),
+    }
+
+
 def export_release(
     src: str | Path, dst: str | Path, card: dict[str, Any] | None = None, half: bool = True
 ) -> Path:
-    """Write a small release checkpoint: EMA weights (fp16 by default), config, model card."""
+    """Write a small release checkpoint: EMA weights (fp16 by default), config, model card.
+
+    The card holds :func:`model_card`'s figures, updated with ``card``.
+    """
     ckpt = load_checkpoint(src)
     weights = ckpt.get("ema") or ckpt["model"]
     if half:
@@ -144,7 +162,10 @@ def export_release(
         "step": ckpt["step"],
         "model": weights,
         "ema": None,
-        "card": card or {},
+        "card": {**model_card(ckpt), **(card or {})},
         "history": ckpt.get("history", {}),
+        "data_note": ckpt.get("data_note"),
+        "train_seconds": ckpt.get("train_seconds", 0.0),
+        "device_name": ckpt.get("device_name"),
     }
     return save_checkpoint(release, dst)

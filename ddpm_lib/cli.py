@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, export_release, load_model
+from .checkpoint import CheckpointError, export_release, load_checkpoint, load_model
 from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
 from .diffusion import MEAN_TYPES, GaussianDiffusion
 from .models import UNET_PRESETS
@@ -18,7 +19,7 @@ from .train import NonFiniteLossError, TrainConfig, Trainer
 from .utils import get_device, seed_everything
 
 # Settings that only say how long or where a run goes; they may change when resuming.
-RESUMABLE = ("steps", "log_every", "save_every", "out_dir", "bf16")
+RESUMABLE = ("steps", "log_every", "save_every", "out_dir", "bf16", "time_limit")
 
 
 def _positive_int(text: str) -> int:
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--log-every", type=_positive_int, help="steps between loss logs")
     tr.add_argument("--save-every", type=_positive_int, help="steps between checkpoints")
     tr.add_argument("--out-dir", help="where last.pt, config.json and metrics.jsonl go")
+    tr.add_argument("--time-limit", type=float, help="minutes; then save and stop")
     tr.add_argument("--resume", type=Path, help="continue from this checkpoint")
     tr.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -222,7 +224,8 @@ def _save_samples(x: torch.Tensor, out: Path) -> None:
 
 def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     path = export_release(args.checkpoint, args.out, half=not args.fp32)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    card = load_checkpoint(path)["card"]
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); card: {json.dumps(card)}")
     return 0
 
 

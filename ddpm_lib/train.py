@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_
 from .data import IMAGE_SHAPES, TOY_DATASETS, canonical_name, holdout_split, load_image_dataset
 from .data import toy_dataset as make_toy_dataset
 from .diffusion import MEAN_TYPES, GaussianDiffusion
-from .models import build_model
+from .models import build_model, model_spec
 from .schedules import get_beta_schedule
 from .utils import get_device
 
@@ -64,6 +65,7 @@ class TrainConfig:
     log_every: int = 100
     save_every: int = 1000
     out_dir: str = "runs/default"
+    time_limit: float | None = None  # minutes; stop and save at the first step past it
 
     def validate(self) -> None:
         positive = ("toy_size", "num_timesteps", "steps", "batch_size", "log_every", "save_every")
@@ -76,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.mean_type not in MEAN_TYPES:
             raise ValueError(f"mean_type must be one of {MEAN_TYPES}, got {self.mean_type!r}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ValueError(
+                f"time_limit must be a positive number of minutes, got {self.time_limit}"
+            )
         if self.holdout < 0 or self.warmup < 0 or self.grad_clip < 0:
             raise ValueError("holdout, warmup and grad_clip must be non-negative")
         name = self.dataset.lower()
@@ -131,6 +137,13 @@ def _check_data_fits_model(data: Tensor, spec: dict[str, Any], dataset: str) -> 
         )
 
 
+def device_name(device: torch.device) -> str:
+    """A readable name of the device, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu'."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
 class Trainer:
     """Owns the model, EMA copy, optimizer, generators and the step counter."""
 
@@ -142,7 +155,6 @@ class Trainer:
         device: str | torch.device | None = None,
     ) -> None:
         config.validate()
-        self.config = config
         self.device = get_device(str(device) if device is not None else None)
         if data is None:
             data, self.data_note = load_training_data(config)
@@ -152,6 +164,10 @@ class Trainer:
         self.data = data.to(self.device)
         torch.manual_seed(config.seed)
         self.model = (model or build_model(config.model)).to(self.device)
+        # Store the resolved architecture (not a preset name) so checkpoints outlive presets.
+        if model is None:
+            config = dataclasses.replace(config, model=model_spec(self.model))
+        self.config = config
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.diffusion = GaussianDiffusion(
             get_beta_schedule(config.schedule, config.num_timesteps), config.mean_type
@@ -163,6 +179,7 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.step = 0
+        self.train_seconds = 0.0  # wall time spent in run(), summed over resumes
         self.history: dict[str, list[float]] = {"step": [], "loss": []}
         self.out_dir = Path(config.out_dir)
         self.last_checkpoint: Path | None = None
@@ -185,6 +202,8 @@ class Trainer:
             "rng": rng,
             "history": self.history,
             "data_note": self.data_note,
+            "train_seconds": self.train_seconds,
+            "device_name": device_name(self.device),
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -198,6 +217,7 @@ class Trainer:
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step = int(ckpt["step"])
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
         self.history = {k: list(v) for k, v in ckpt["history"].items()}
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
@@ -288,13 +308,18 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress)
         window: list[Tensor] = []
         window_start = self.step + 1
+        start = time.monotonic()
+        seconds_before = self.train_seconds
+        deadline = start + 60 * cfg.time_limit if cfg.time_limit else math.inf
         log = open(self.out_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finally)
         try:
             while self.step < cfg.steps:
                 window.append(self.train_step())
                 bar.update(1)
-                at_log = self.step % cfg.log_every == 0
-                at_save = self.step % cfg.save_every == 0 or self.step == cfg.steps
+                self.train_seconds = seconds_before + time.monotonic() - start
+                out_of_time = time.monotonic() > deadline
+                at_log = self.step % cfg.log_every == 0 or out_of_time
+                at_save = self.step % cfg.save_every == 0 or self.step == cfg.steps or out_of_time
                 if at_log or at_save:
                     loss = self._check_losses(window, window_start)
                     window, window_start = [], self.step + 1
@@ -307,6 +332,9 @@ class Trainer:
                     self.save()
                 if callback is not None:
                     callback(self)
+                if out_of_time:
+                    print(f"time limit of {cfg.time_limit} min reached at step {self.step}")
+                    break
         finally:
             log.close()
             bar.close()

@@ -115,7 +115,7 @@ def test_release_export_stores_half_precision_and_loads_as_float32(tmp_path):
     out = export_release(path, tmp_path / "release.pt", card={"data": "moons"})
     raw = load_checkpoint(out)
     assert all(v.dtype == torch.float16 for v in raw["model"].values())
-    assert raw["card"] == {"data": "moons"}
+    assert raw["card"]["data"] == "moons" and raw["card"]["steps"] == 7
     loaded, _ = load_model(out)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     # Exactly the original weights rounded to fp16, nothing else changed.

@@ -89,7 +89,7 @@ def test_offline_mnist_test_split_loads(shared_root: Path) -> None:
     assert data.images.shape == (10_000, 1, 28, 28) and data.images.dtype == torch.uint8
     assert data.labels.dtype == torch.int64
     assert set(data.labels.tolist()) == set(range(10))
-    assert data.source == shared_root / "MNIST" / "raw"
+    assert data.source == (shared_root / "MNIST" / "raw").resolve()
 
 
 @pytest.mark.parametrize(("split", "n"), [("train", 60_000), ("test", 10_000)])

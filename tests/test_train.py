@@ -236,6 +236,27 @@ def test_mnist_test_split_with_holdout_trains_on_the_rest(tmp_path):
     assert "1000 held out" in trainer.data_note
 
 
+def test_time_limit_stops_early_and_saves(tmp_path):
+    trainer = Trainer(toy_config(tmp_path, steps=10**6, time_limit=1e-9))
+    trainer.run(progress=False)
+    assert trainer.step == 1
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
+
+
+def test_checkpoint_records_the_resolved_model_and_training_time(tmp_path):
+    preset = Trainer(
+        TrainConfig(dataset="fashion_mnist", model={"type": "unet", "preset": "mnist"})
+    )
+    assert preset.config.model["ch"] == 64 and "preset" not in preset.config.model
+    cfg = TrainConfig(
+        dataset="fashion_mnist", model=SMALL_UNET_28, steps=2, batch_size=2, out_dir=str(tmp_path)
+    )
+    trainer = Trainer(cfg)
+    trainer.run(progress=False)
+    state = trainer.state_dict()
+    assert state["train_seconds"] > 0 and state["device_name"] == "cpu"
+
+
 def test_run_writes_config_and_metrics_log(tmp_path):
     Trainer(toy_config(tmp_path, steps=10)).run(progress=False)
     run = Path(tmp_path / "run")
