@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--holdout", type=int, help="hold out this many images (fixed seed)")
     tr.add_argument("--data-root", help="folder with <Name>/raw/...; default $DDPM_DATA_ROOT")
     tr.add_argument("--download", action="store_true", default=None, help="download if missing")
+    tr.add_argument("--toy-size", type=_positive_int, help="points in a 2-D toy set (10000)")
     tr.add_argument("--model", choices=["unet", "mlp"], help="network type")
     tr.add_argument("--preset", choices=sorted(UNET_PRESETS), help="UNet preset (default mnist)")
     tr.add_argument("--ch", type=_positive_int, help="UNet base channels (overrides preset)")
