@@ -25,7 +25,7 @@ test: venv
 	$(BIN)/ruff format --check $(SRC)
 	DDPM_QUICK=1 $(BIN)/pytest -q
 ifneq ($(strip $(NOTEBOOKS)),)
-	DDPM_QUICK=1 $(BIN)/pytest -q --nbval-lax $(NOTEBOOKS)
+	DDPM_QUICK=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env $(NOTEBOOKS)
 endif
 
 lint: venv

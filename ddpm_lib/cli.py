@@ -12,9 +12,10 @@ import torch
 
 from .checkpoint import CheckpointError, export_release, load_checkpoint, load_model
 from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
-from .diffusion import MEAN_TYPES, GaussianDiffusion
+from .diffusion import MEAN_TYPES
 from .models import UNET_PRESETS
-from .schedules import SCHEDULES, get_beta_schedule
+from .pretrained import diffusion_for
+from .schedules import SCHEDULES
 from .train import NonFiniteLossError, TrainConfig, Trainer
 from .utils import get_device, seed_everything
 
@@ -169,7 +170,7 @@ def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     device = get_device(args.device)
     model, ckpt = load_model(args.checkpoint, use_ema=not args.no_ema, map_location=device)
     cfg = TrainConfig.from_dict(ckpt["config"])
-    diffusion = GaussianDiffusion(get_beta_schedule(cfg.schedule, cfg.num_timesteps), cfg.mean_type)
+    diffusion = diffusion_for(ckpt["config"])
     steps = args.steps or (50 if args.sampler == "ddim" else cfg.num_timesteps)
     if args.sampler == "ddpm" and steps != cfg.num_timesteps:
         parser.error(f"--sampler ddpm runs all T = {cfg.num_timesteps} steps; use ddim for fewer")
