@@ -193,6 +193,14 @@ def _time_grid(steps: int, t_end: float) -> Tensor:
     return torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64)
 
 
+def _finish(sde: SDE, score_fn: ScoreFn, x: Tensor, t_end: float, denoise: bool) -> Tensor:
+    """The samplers' last step: Tweedie's E[x_0 | x_{t_end}] when ``denoise``, else x."""
+    if not denoise:
+        return x
+    t = torch.full((x.shape[0],), t_end, device=x.device, dtype=x.dtype)
+    return tweedie_denoise(sde, score_fn, x, t)
+
+
 @torch.no_grad()
 def euler_maruyama_sample(
     sde: SDE,
@@ -220,10 +228,7 @@ def euler_maruyama_sample(
         drift, g = rsde.sde(x, t)
         z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
         x = x - drift * h + _bcast(g, x) * math.sqrt(h) * z
-    if denoise:
-        t = torch.full((x.shape[0],), t_end, device=x.device, dtype=x.dtype)
-        x = tweedie_denoise(sde, score_fn, x, t)
-    return x
+    return _finish(sde, score_fn, x, t_end, denoise)
 
 
 @torch.no_grad()
@@ -259,7 +264,4 @@ def probability_flow_sample(
             t_next = torch.full((b,), float(grid[k + 1]), device=x.device, dtype=x.dtype)
             x_next = x + 0.5 * (d1 + ode.sde(x_next, t_next)[0]) * dt
         x = x_next
-    if denoise:
-        t = torch.full((b,), t_end, device=x.device, dtype=x.dtype)
-        x = tweedie_denoise(sde, score_fn, x, t)
-    return x
+    return _finish(sde, score_fn, x, t_end, denoise)
