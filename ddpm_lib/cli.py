@@ -13,6 +13,7 @@ import torch
 from .checkpoint import CheckpointError, export_release, load_checkpoint, load_model
 from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
 from .diffusion import MEAN_TYPES
+from .distributed import DistInfo, cleanup, setup_distributed
 from .models import UNET_PRESETS
 from .pretrained import diffusion_for
 from .schedules import SCHEDULES
@@ -141,6 +142,14 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    info = setup_distributed()  # a no-op unless started by torchrun
+    try:
+        return _train(args, parser, info)
+    finally:
+        cleanup(info)
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, info: DistInfo) -> int:
     given = _train_config(args)
     if args.resume is not None:
         if set(given) - set(RESUMABLE):
@@ -151,14 +160,18 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             )
         given.setdefault("out_dir", str(args.resume.parent))
         trainer = Trainer.from_checkpoint(args.resume, device=args.device, **given)
-        print(f"resuming {args.resume} at step {trainer.step}")
+        if info.is_main:
+            print(f"resuming {args.resume} at step {trainer.step}")
     else:
         if given.get("dataset") in TOY_DATASETS and "model" not in given:
             given["model"] = {"type": "mlp"}
         trainer = Trainer(TrainConfig(**given), device=args.device)
-    print(f"training on {trainer.data_note}; device {trainer.device}")
+    procs = f" x {info.world_size} processes" if info.enabled else ""
+    if info.is_main:
+        print(f"training on {trainer.data_note}; device {trainer.device}{procs}")
     trainer.run(progress=not args.no_progress)
-    print(f"done at step {trainer.step}; checkpoint {trainer.last_checkpoint}")
+    if info.is_main:
+        print(f"done at step {trainer.step}; checkpoint {trainer.last_checkpoint}")
     return 0
 
 

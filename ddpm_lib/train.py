@@ -25,6 +25,7 @@ from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_
 from .data import IMAGE_SHAPES, TOY_DATASETS, canonical_name, holdout_split, load_image_dataset
 from .data import toy_dataset as make_toy_dataset
 from .diffusion import MEAN_TYPES, GaussianDiffusion
+from .distributed import all_mean, current, gather
 from .models import build_model, model_spec
 from .schedules import get_beta_schedule
 from .utils import get_device
@@ -145,7 +146,12 @@ def device_name(device: torch.device) -> str:
 
 
 class Trainer:
-    """Owns the model, EMA copy, optimizer, generators and the step counter."""
+    """Owns the model, EMA copy, optimizer, generators and the step counter.
+
+    Under ``torchrun`` (a process group is initialised), each process trains a
+    DistributedDataParallel replica on its shard ``data[rank::world_size]`` with
+    ``batch_size // world_size`` images per step; only rank 0 logs and writes checkpoints.
+    """
 
     def __init__(
         self,
@@ -155,15 +161,29 @@ class Trainer:
         device: str | torch.device | None = None,
     ) -> None:
         config.validate()
+        self.dist = current()
+        if self.dist.enabled and device is None and torch.cuda.is_available():
+            device = f"cuda:{self.dist.local_rank}"
         self.device = get_device(str(device) if device is not None else None)
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} must be divisible by the number of processes "
+                f"({self.dist.world_size}): it is the global batch, split evenly"
+            )
+        self.local_batch = config.batch_size // self.dist.world_size
         if data is None:
             data, self.data_note = load_training_data(config)
         else:
             self.data_note = f"{len(data)} items given directly"
         _check_data_fits_model(data, config.model, config.dataset)
-        self.data = data.to(self.device)
+        # A distributed sampler: rank r trains on the disjoint shard r, r + W, r + 2W, ...
+        self.data = data[self.dist.rank :: self.dist.world_size].to(self.device)
         torch.manual_seed(config.seed)
         self.model = (model or build_model(config.model)).to(self.device)
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         # Store the resolved architecture (not a preset name) so checkpoints outlive presets.
         if model is None:
             config = dataclasses.replace(config, model=model_spec(self.model))
@@ -176,8 +196,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
         )
-        self.data_gen = torch.Generator().manual_seed(config.seed)
-        self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)
+        rank_seed = config.seed + 10_007 * self.dist.rank
+        self.data_gen = torch.Generator().manual_seed(rank_seed)
+        self.noise_gen = torch.Generator(self.device).manual_seed(rank_seed + 1)
         self.step = 0
         self.train_seconds = 0.0  # wall time spent in run(), summed over resumes
         self.history: dict[str, list[float]] = {"step": [], "loss": []}
@@ -191,8 +212,11 @@ class Trainer:
             "data": self.data_gen.get_state(),
             "noise": self.noise_gen.get_state(),
         }
-        if torch.cuda.is_available():
+        if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.dist.enabled:  # every rank's generators, so a resumed job continues exactly
+            states = gather(rng, self.dist)
+            rng = {f"{k}.{r}": v for r, state in enumerate(states) for k, v in state.items()}
         return {
             "config": self.config.to_dict(),
             "step": self.step,
@@ -220,6 +244,19 @@ class Trainer:
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
         self.history = {k: list(v) for k, v in ckpt["history"].items()}
         rng = ckpt["rng"]
+        if self.dist.enabled:
+            suffix = f".{self.dist.rank}"
+            if f"torch{suffix}" not in rng or f"torch.{self.dist.world_size}" in rng:
+                raise CheckpointError(
+                    f"the checkpoint was written by a job with another number of processes; "
+                    f"resume it with the same --nproc_per_node ({self.dist.world_size} now)"
+                )
+            rng = {k[: -len(suffix)]: v for k, v in rng.items() if k.endswith(suffix)}
+        elif "torch" not in rng:
+            raise CheckpointError(
+                "the checkpoint was written by a distributed job; resume it under torchrun "
+                "with the same --nproc_per_node"
+            )
         torch.set_rng_state(rng["torch"])
         self.data_gen.set_state(rng["data"])
         self.noise_gen.set_state(rng["noise"].to(self.noise_gen.get_state().device))
@@ -243,8 +280,23 @@ class Trainer:
         return trainer
 
     def save(self, name: str = "last.pt") -> Path:
-        self.last_checkpoint = save_checkpoint(self.state_dict(), self.out_dir / name)
-        return self.last_checkpoint
+        """Write a checkpoint (rank 0 only; every rank must call this: states are gathered)."""
+        state = self.state_dict()
+        path = self.out_dir / name
+        if self.dist.enabled:
+            self._check_replicas_agree()
+        if self.dist.is_main:
+            save_checkpoint(state, path)
+        self.last_checkpoint = path
+        return path
+
+    def _check_replicas_agree(self) -> None:
+        """DDP keeps the replicas identical; verify it (cheaply) before writing a checkpoint."""
+        with torch.no_grad():
+            checksum = sum(float(p.double().sum()) for p in self.model.parameters())
+        sums = gather(checksum, self.dist)
+        if len(set(sums)) != 1:
+            raise RuntimeError(f"replicas diverged: parameter checksums by rank {sums}")
 
     # ------------------------------------------------------------------ training
     def _lr(self) -> float:
@@ -260,13 +312,13 @@ class Trainer:
     def train_step(self) -> Tensor:
         """One optimizer step on a batch drawn with replacement; returns the loss (on device)."""
         cfg = self.config
-        idx = torch.randint(len(self.data), (cfg.batch_size,), generator=self.data_gen)
+        idx = torch.randint(len(self.data), (self.local_batch,), generator=self.data_gen)
         x0 = self.data[idx.to(self.device)]
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = self.diffusion.training_loss(self.model, x0, generator=self.noise_gen).mean()
+            loss = self.diffusion.training_loss(self.net, x0, generator=self.noise_gen).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -281,7 +333,7 @@ class Trainer:
 
     def _check_losses(self, losses: list[Tensor], first_step: int) -> float:
         """Mean of a window of losses; raises at the first non-finite one (one host sync)."""
-        window = torch.stack(losses).float().cpu()
+        window = all_mean(torch.stack(losses).float(), self.dist).cpu()
         bad = (~torch.isfinite(window)).nonzero()
         if len(bad):
             step = first_step + int(bad[0])
@@ -302,22 +354,33 @@ class Trainer:
         a checkpoint never holds weights updated by a non-finite loss.
         """
         cfg = self.config
+        main = self.dist.is_main
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "config.json", "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not progress)
+        if main:
+            with open(self.out_dir / "config.json", "w") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="training", disable=not (progress and main)
+        )
         window: list[Tensor] = []
         window_start = self.step + 1
         start = time.monotonic()
         seconds_before = self.train_seconds
         deadline = start + 60 * cfg.time_limit if cfg.time_limit else math.inf
-        log = open(self.out_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finally)
+        log = open(self.out_dir / "metrics.jsonl", "a") if main else None  # noqa: SIM115
         try:
             while self.step < cfg.steps:
                 window.append(self.train_step())
                 bar.update(1)
                 self.train_seconds = seconds_before + time.monotonic() - start
                 out_of_time = time.monotonic() > deadline
+                if self.dist.enabled:
+                    # Every rank must stop at the same step: agree at log boundaries only,
+                    # so there is no collective (and no host sync) on the other steps.
+                    agreed = torch.tensor(float(out_of_time), device=self.device)
+                    out_of_time = self.step % cfg.log_every == 0 and bool(
+                        all_mean(agreed, self.dist) > 0
+                    )
                 at_log = self.step % cfg.log_every == 0 or out_of_time
                 at_save = self.step % cfg.save_every == 0 or self.step == cfg.steps or out_of_time
                 if at_log or at_save:
@@ -325,17 +388,20 @@ class Trainer:
                     window, window_start = [], self.step + 1
                     self.history["step"].append(self.step)
                     self.history["loss"].append(loss)
-                    log.write(json.dumps({"step": self.step, "loss": loss}) + "\n")
-                    log.flush()
+                    if log is not None:
+                        log.write(json.dumps({"step": self.step, "loss": loss}) + "\n")
+                        log.flush()
                     bar.set_postfix(loss=f"{loss:.4f}")
                 if at_save:
                     self.save()
                 if callback is not None:
                     callback(self)
                 if out_of_time:
-                    print(f"time limit of {cfg.time_limit} min reached at step {self.step}")
+                    if main:
+                        print(f"time limit of {cfg.time_limit} min reached at step {self.step}")
                     break
         finally:
-            log.close()
+            if log is not None:
+                log.close()
             bar.close()
         return self.history
