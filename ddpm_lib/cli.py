@@ -21,7 +21,16 @@ from .train import NonFiniteLossError, TrainConfig, Trainer
 from .utils import get_device, seed_everything
 
 # Settings that only say how long or where a run goes; they may change when resuming.
-RESUMABLE = ("steps", "log_every", "save_every", "out_dir", "bf16", "time_limit")
+RESUMABLE = (
+    "steps",
+    "log_every",
+    "save_every",
+    "out_dir",
+    "bf16",
+    "time_limit",
+    "channels_last",
+    "compile",
+)
 
 
 def _positive_int(text: str) -> int:
@@ -84,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--grad-clip", type=float, help="gradient norm clip (0 = off)")
     tr.add_argument("--ema-decay", type=float, help="EMA decay (default 0.9999)")
     tr.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    tr.add_argument("--channels-last", action="store_true", default=None, help="NHWC layout (GPU)")
+    tr.add_argument("--compile", action="store_true", default=None, help="torch.compile")
     tr.add_argument("--seed", type=int, help="random seed")
     tr.add_argument("--log-every", type=_positive_int, help="steps between loss logs")
     tr.add_argument("--save-every", type=_positive_int, help="steps between checkpoints")

@@ -196,10 +196,11 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(dim=1)
-        weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / math.sqrt(c), dim=-1)
-        out = torch.einsum("bij,bcj->bci", weights, v).reshape(b, c, h, w)
-        return x + self.proj_out(out)
+        # [B, 3, C, HW] -> three [B, 1, HW, C]: one head, positions as the sequence.
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
+        # softmax(q kᵀ/√C) v, through the fused kernel (flash attention on GPUs).
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
 def _check_t(t: Tensor | float, batch: int, device: torch.device, owner: str) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from ddpm_lib.models import (
     UNET_PRESETS,
+    AttnBlock,
     ToyMLP,
     ToyMLPConfig,
     UNet,
@@ -260,3 +262,16 @@ def test_model_keeps_its_own_copy_of_the_config():
     model = UNet(config)
     config.ch = 64
     assert model_spec(model)["ch"] == UNET_PRESETS["tiny"].ch
+
+
+def test_attention_block_computes_softmax_attention_over_positions():
+    # The fused kernel must compute x + W_o · softmax(q kᵀ/√C) v exactly (float64 rounding).
+    torch.manual_seed(0)
+    block = AttnBlock(16, 8).double()
+    for p in block.parameters():
+        nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 16, 5, 5, dtype=torch.float64)
+    q, k, v = block.qkv(block.norm(x)).reshape(2, 3, 16, 25).unbind(1)
+    weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / math.sqrt(16), dim=-1)
+    expected = x + block.proj_out(torch.einsum("bij,bcj->bci", weights, v).reshape(2, 16, 5, 5))
+    torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-12)
