@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
     tr.add_argument("--channels-last", action="store_true", default=None, help="NHWC layout (GPU)")
     tr.add_argument("--compile", action="store_true", default=None, help="torch.compile")
+    tr.add_argument("--compile-mode", help="torch.compile mode, e.g. reduce-overhead")
     tr.add_argument("--seed", type=int, help="random seed")
     tr.add_argument("--log-every", type=_positive_int, help="steps between loss logs")
     tr.add_argument("--save-every", type=_positive_int, help="steps between checkpoints")

@@ -154,7 +154,10 @@ class GaussianDiffusion:
     def q_sample(self, x0: Tensor, t: Tensor | int, noise: Tensor | None = None) -> Tensor:
         """The closed-form jump x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε; Chapter 2. Shapes [B, ...]."""
         t = self.check_t(t, x0)
-        noise = self._noise_like(x0, noise)
+        return self._q_sample(x0, t, self._noise_like(x0, noise))
+
+    def _q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """:meth:`q_sample` for a t already known to be valid: no checks, no host sync."""
         return (
             self._extract("sqrt_alphas_cumprod", t, x0) * x0
             + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
@@ -333,12 +336,13 @@ class GaussianDiffusion:
         and its target: ε, x_0 or v according to ``model_mean_type``.
         """
         b = x0.shape[0]
-        if t is None:
+        if t is None:  # drawn here, so valid: skipping the range check avoids a host sync
             t = torch.randint(0, self.num_timesteps, (b,), device=x0.device, generator=generator)
-        t = self.check_t(t, x0)
+        else:
+            t = self.check_t(t, x0)
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        x_t = self.q_sample(x0, t, noise)
+        x_t = self._q_sample(x0, t, self._noise_like(x0, noise))
         out = model(x_t, t)
         if self.model_mean_type == "eps":
             target = noise

@@ -75,12 +75,17 @@ def ddpm_step(
 
     ``i`` is a 0-d int64 tensor (code index, on x's device): nothing leaves the device.
     """
+
+    def at(table: Tensor) -> Tensor:
+        # index_select, not table[i]: a 0-d tensor index would be read back with .item().
+        return table.index_select(0, i.reshape(1)).reshape([1] * x.ndim)
+
     eps = model(x, i.expand(x.shape[0])).float()
-    x0 = tables.sqrt_recip_alphas_cumprod[i] * x - tables.sqrt_recipm1_alphas_cumprod[i] * eps
+    x0 = at(tables.sqrt_recip_alphas_cumprod) * x - at(tables.sqrt_recipm1_alphas_cumprod) * eps
     if clip:
         x0 = x0.clamp(-1.0, 1.0)
-    mean = tables.posterior_mean_coef1[i] * x0 + tables.posterior_mean_coef2[i] * x
-    return mean + tables.sigma[i] * noise
+    mean = at(tables.posterior_mean_coef1) * x0 + at(tables.posterior_mean_coef2) * x
+    return mean + at(tables.sigma) * noise
 
 
 class GraphedSampler:

@@ -64,6 +64,7 @@ class TrainConfig:
     bf16: bool = False
     channels_last: bool = False  # GPU fast path: NHWC layout for the convolutions
     compile: bool = False  # GPU fast path: torch.compile the network
+    compile_mode: str | None = None  # e.g. "reduce-overhead" (CUDA graphs) for small models
     seed: int = 0
     log_every: int = 100
     save_every: int = 1000
@@ -191,7 +192,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if config.compile:
-            self.net = torch.compile(self.net)  # type: ignore[assignment]
+            self.net = torch.compile(self.net, mode=config.compile_mode)  # type: ignore[assignment]
         # Store the resolved architecture (not a preset name) so checkpoints outlive presets.
         if model is None:
             config = dataclasses.replace(config, model=model_spec(self.model))
@@ -327,6 +328,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
         self.model.train()
+        if cfg.compile:  # a new iteration for compile's CUDA-graph trees (reduce-overhead)
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = self.diffusion.training_loss(self.net, x0, generator=self.noise_gen).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -339,7 +342,8 @@ class Trainer:
             params = [p.detach() for p in self.model.parameters()]
             torch._foreach_lerp_(ema_params, params, 1.0 - self.ema_decay())
         self.step += 1
-        return loss.detach()
+        # A copy: with CUDA graphs the next replay reuses the output's memory.
+        return loss.detach().clone()
 
     def _check_losses(self, losses: list[Tensor], first_step: int) -> float:
         """Mean of a window of losses; raises at the first non-finite one (one host sync)."""
