@@ -6,10 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC := ddpm_lib tests
 
-# Chapter notebooks, run by nbval in quick mode (DDPM_QUICK=1) once they exist; empty for now.
-NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+# Chapter notebooks, and the executed book pages (book/errata.ipynb), run by nbval in quick mode
+# (DDPM_QUICK=1).
+NOTEBOOKS := $(wildcard notebooks/*.ipynb) $(wildcard book/*.ipynb)
 
-.PHONY: venv test lint format book clean distclean
+# The browser check (tests/test_book_site.py) drives Debian's Chromium through Playwright.
+# Playwright's own browser download is never used: it needs internet access.
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: venv test lint format book book-check chromium clean distclean
 
 venv: $(STAMP)
 
@@ -20,13 +25,16 @@ $(STAMP): pyproject.toml constraints/ci.txt
 	$(BIN)/pip install -c constraints/ci.txt -e ".[test,book]"
 	touch $@
 
+# The order: lint -> unit tests -> notebooks (nbval) -> book (-W) -> browser check of the site.
 test: venv
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
-	DDPM_QUICK=1 $(BIN)/pytest -q
+	DDPM_QUICK=1 $(BIN)/pytest -q --ignore=tests/test_book_site.py
 ifneq ($(strip $(NOTEBOOKS)),)
 	DDPM_QUICK=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env $(NOTEBOOKS)
 endif
+	$(MAKE) book
+	$(MAKE) book-check
 
 lint: venv
 	$(BIN)/ruff check $(SRC)
@@ -38,8 +46,28 @@ format: venv
 
 # -W: warnings are errors; -n: nitpicky (every reference must resolve); --keep-going: report all
 # warnings before failing; --all: re-read every page, so a rebuild cannot skip an old warning.
+# MathJax and the widget scripts are served from the site itself (no CDN): tools/fetch_vendor.py
+# first unpacks the pinned npm packages into _build/vendor (a no-op when they are already there).
 book: venv
+	$(BIN)/python tools/fetch_vendor.py
 	$(BIN)/jupyter-book build . -W -n --keep-going --all
+
+# Open every page of the built site in headless Chromium: maths rendered, images loaded, internal
+# links and anchors resolve, Colab buttons, sidebar; screenshots go to _build/screenshots/.
+# BOOK_SITE_REQUIRED turns the test's skips (no site, no browser) into failures.
+book-check: venv chromium
+	BOOK_SITE_REQUIRED=1 CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q tests/test_book_site.py
+
+# Install Debian's Chromium when it is missing (CI runs as root on a fresh Debian machine).
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+		else \
+			echo "$(CHROMIUM) not found: install it with 'sudo apt-get install chromium'" >&2; \
+			exit 1; \
+		fi; \
+	fi
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache
