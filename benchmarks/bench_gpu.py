@@ -194,7 +194,9 @@ def lucidrains_train_step(diff, batch: int, bf16: bool):
 
 
 # ----------------------------------------------------------------------------- ours
-def ours_trainer(kind: str, batch: int, fast: bool) -> Trainer:
+def ours_trainer(
+    kind: str, batch: int, fast: bool, compile_mode: str | None = "reduce-overhead"
+) -> Trainer:
     cfg = TrainConfig(
         dataset="mnist" if kind == "hf_course_mnist" else "cifar10",
         model={"type": "unet", **OURS[kind].to_dict()},
@@ -203,7 +205,7 @@ def ours_trainer(kind: str, batch: int, fast: bool) -> Trainer:
         bf16=fast,
         channels_last=fast,
         compile=fast and DEVICE == "cuda",
-        compile_mode="reduce-overhead",
+        compile_mode=compile_mode,
         out_dir="/tmp/bench_unused",
     )
     data = torch.rand(4096, *SHAPES[kind]) * 2 - 1

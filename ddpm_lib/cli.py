@@ -1,10 +1,14 @@
-"""Command line: ``python -m ddpm_lib train | sample | export`` (each with ``--help``)."""
+"""Command line: ``python -m ddpm_lib train | sample | export | classifier | evaluate``.
+
+Each subcommand has ``--help``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +125,39 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", type=Path, required=True)
     ex.add_argument("--out", type=Path, required=True)
     ex.add_argument("--fp32", action="store_true", help="keep float32 weights")
+
+    cl = sub.add_parser("classifier", help="train the feature classifier that evaluate uses")
+    cl.add_argument("--dataset", type=_dataset, required=True, help="mnist or fashion_mnist")
+    cl.add_argument("--out", type=Path, help="default checkpoints/classifier_<dataset>.pt")
+    cl.add_argument("--epochs", type=_positive_int, default=10)
+    cl.add_argument("--batch-size", type=_positive_int, default=256)
+    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--data-root", help="folder with <Name>/raw/...; default $DDPM_DATA_ROOT")
+    cl.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    cl.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser(
+        "evaluate", help="Fréchet distance (with real-data floor), precision/recall, ELBO"
+    )
+    ev.add_argument("--checkpoint", type=Path, required=True, help="a .pt from train/export")
+    ev.add_argument("--n", type=_positive_int, default=10_000, help="samples per sampler")
+    ev.add_argument(
+        "--samplers",
+        default="ddpm-1000,ddim-100,ddim-50",
+        help="comma list of ddpm-T / ddim-K (default ddpm-1000,ddim-100,ddim-50)",
+    )
+    ev.add_argument(
+        "--elbo-n", type=int, default=1000, help="held-out images for the ELBO (0: skip)"
+    )
+    ev.add_argument("--classifier", type=Path, help="default checkpoints/classifier_<dataset>.pt")
+    ev.add_argument("--batch-size", type=_positive_int, default=1000)
+    ev.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (GPU)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--data-root", help="folder with <Name>/raw/...; default $DDPM_DATA_ROOT")
+    ev.add_argument("--out", type=Path, help="write the results here as JSON")
+    ev.add_argument("--grids", type=Path, help="folder for a 64-sample PNG per sampler")
+    ev.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -256,13 +293,78 @@ def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def cmd_classifier(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .evaluate import classifier_data, save_classifier
+    from .metrics import train_classifier
+    from .train import device_name
+
+    if args.dataset in TOY_DATASETS:
+        parser.error("toy sets need no classifier: evaluate uses their 2-D coordinates")
+    device = get_device(args.device)
+    x, y, xt, yt, note = classifier_data(args.dataset, args.data_root)
+    model, card = train_classifier(
+        x, y, xt, yt, args.epochs, args.batch_size, seed=args.seed, device=device,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    card = {"dataset": args.dataset, "data": note, **card, "device": device_name(device)}
+    out = args.out or Path("checkpoints") / f"classifier_{args.dataset}.pt"
+    save_classifier(model.cpu(), card, out)
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {out}: test accuracy {card['test_accuracy']:.4f} ({note})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .evaluate import evaluate_checkpoint, parse_sampler
+
+    samplers = tuple(s for s in args.samplers.split(",") if s.strip())
+    try:
+        for s in samplers:
+            parse_sampler(s)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.out is not None and args.out.suffix.lower() != ".json":
+        parser.error(f"--out must be a .json file, got {args.out}")
+    if args.elbo_n < 0:
+        parser.error(f"--elbo-n must be ≥ 0, got {args.elbo_n}")
+    start = time.perf_counter()
+    result = evaluate_checkpoint(
+        args.checkpoint, args.n, samplers, args.elbo_n, args.classifier, args.batch_size,
+        args.device, args.bf16, args.seed, args.data_root, args.grids, not args.no_progress,
+    )  # fmt: skip
+    result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    result["command"] = "python -m ddpm_lib " + " ".join(args.argv)
+    brief = {k: v for k, v in result.items() if k != "elbo"}
+    if "elbo" in result:
+        brief["elbo"] = {k: v for k, v in result["elbo"].items() if k != "per_t"}
+    print(json.dumps(brief, indent=2))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"train": cmd_train, "sample": cmd_sample, "export": cmd_export}
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {
+        "train": cmd_train,
+        "sample": cmd_sample,
+        "export": cmd_export,
+        "classifier": cmd_classifier,
+        "evaluate": cmd_evaluate,
+    }
     try:
         return commands[args.command](args, parser)
-    except (CheckpointError, DatasetNotFoundError, NonFiniteLossError, ValueError) as e:
+    except (
+        CheckpointError,
+        DatasetNotFoundError,
+        FileNotFoundError,
+        NonFiniteLossError,
+        ValueError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -25,10 +25,11 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # a process group exists (torchrun), even with one process
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched or self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -39,10 +40,10 @@ def setup_distributed() -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
     Uses NCCL when CUDA is available (pinning this process to GPU ``LOCAL_RANK``), else gloo.
-    Returns the process's DistInfo; a plain ``python`` run returns rank 0 of 1.
+    Returns the process's DistInfo; a plain ``python`` run returns rank 0 of 1. Under
+    ``torchrun --nproc_per_node 1`` the group is formed too, so one GPU runs the DDP path.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -57,7 +58,7 @@ def current() -> DistInfo:
     if not (dist.is_available() and dist.is_initialized()):
         return DistInfo()
     local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, launched=True)
 
 
 def all_mean(x: Tensor, info: DistInfo) -> Tensor:

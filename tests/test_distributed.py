@@ -74,12 +74,20 @@ def test_without_a_process_group_everything_is_rank_zero_of_one():
     assert all_mean(x, info) is x
 
 
-def _torchrun(*args: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "ddpm_lib", "train", *args, "--no-progress"]
+def _torchrun(*args: str, nproc: int = 2) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd += [str(nproc), "-m", "ddpm_lib", "train", *args, "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_torchrun_with_one_process_still_takes_the_ddp_path(tmp_path):
+    args = ["--dataset", "moons", "--toy-size", "64", "--num-timesteps", "50", "--steps", "5"]
+    out = _torchrun(*args, "--batch-size", "16", "--out-dir", str(tmp_path), nproc=1)
+    assert "x 1 processes" in out
+    assert "torch.0" in load_checkpoint(tmp_path / "last.pt")["rng"]
 
 
 def test_torchrun_training_resumes_exactly(tmp_path):

@@ -1,0 +1,321 @@
+"""Evaluate a checkpoint: Fréchet distance with its real-data floor, precision/recall, ELBO.
+
+``python -m ddpm_lib evaluate --checkpoint checkpoints/fashion_mnist.pt`` runs
+:func:`evaluate_checkpoint` and writes its JSON; ``python -m ddpm_lib classifier`` trains the
+feature network it needs (:func:`classifier_data` says on which images).
+
+Which real images are compared (always said in the JSON's ``reference``):
+- a model trained on a training split (Fashion-MNIST): the reference set is n images of the
+  held-out test split, the floor set n images of the training split;
+- a model trained on part of a split (MNIST offline: 9,000 of the 10,000 test digits): when
+  the held-out part has fewer than n images, all images of the split are shuffled and cut into
+  two disjoint halves, and n drops to at most half the split;
+- a 2-D toy model: fresh samples of the exact distribution, features = coordinates.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .data import (
+    TOY_DATASETS,
+    from_model_range,
+    holdout_split,
+    load_image_dataset,
+    to_model_range,
+    toy_dataset,
+)
+from .diffusion import GaussianDiffusion
+from .fast import GraphedSampler, prepare_model
+from .metrics import (
+    FeatureNet,
+    elbo_summary,
+    extract_features,
+    frechet_distance_features,
+    precision_recall,
+)
+from .pretrained import diffusion_for, find_checkpoint
+from .utils import get_device
+
+Tensor = torch.Tensor
+
+
+def parse_sampler(text: str) -> tuple[str, int]:
+    """ "ddpm-1000" → ("ddpm", 1000); "ddim-50" → ("ddim", 50)."""
+    kind, _, steps = text.strip().lower().partition("-")
+    if kind not in ("ddpm", "ddim") or not steps.isdigit() or int(steps) <= 0:
+        raise ValueError(
+            f"unknown sampler {text!r}: write ddpm-T or ddim-K with K a positive step count, "
+            "e.g. ddpm-1000,ddim-100,ddim-50"
+        )
+    return kind, int(steps)
+
+
+# ----------------------------------------------------------------------------- classifiers
+
+
+def classifier_data(
+    dataset: str, data_root: str | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
+    """(x_train, y_train, x_test, y_test, note) for the feature classifier of ``dataset``.
+
+    Fashion-MNIST: its training and test splits. MNIST: the 10,000 test digits (the only split
+    offline), split as the chapters' checkpoint is: train on the 9,000, test on the 1,000 held
+    out by ``holdout_split(10000, 1000, seed=0)``.
+    """
+    try:
+        train = load_image_dataset(dataset, "train", data_root)
+        test = load_image_dataset(dataset, "test", data_root)
+        note = f"{dataset}: {len(train)} training images, accuracy on {len(test)} test images"
+    except FileNotFoundError:
+        if dataset != "mnist":
+            raise
+        data = load_image_dataset(dataset, "test", data_root)
+        keep, hold = holdout_split(len(data), 1000, seed=0)
+        train, test = data.subset(keep), data.subset(hold)
+        note = (
+            f"mnist test split only (offline): trained on its {len(keep)} digits, accuracy on "
+            f"the {len(hold)} held out by holdout_split(seed=0)"
+        )
+    x, xt = train.to_model_range(), test.to_model_range()
+    return x, train.labels, xt, test.labels, note
+
+
+def save_classifier(model: FeatureNet, card: dict[str, Any], path: str | Path) -> Path:
+    """Write the classifier's weights (float32), its constructor config and its card."""
+    steps = card.get("epochs", 0) * -(-card.get("train_images", 0) // card.get("batch_size", 1))
+    state = {"config": model.config, "model": model.state_dict(), "card": card, "step": steps}
+    return save_checkpoint(state, path)
+
+
+def load_classifier(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[FeatureNet, dict[str, Any]]:
+    """The FeatureNet saved by :func:`save_classifier` (eval mode) and its card."""
+    ckpt = load_checkpoint(path, map_location=device)
+    if "card" not in ckpt or "feature_dim" not in ckpt["config"]:
+        raise CheckpointError(
+            f"{path} is not a feature classifier (no card/config); train one with "
+            "python -m ddpm_lib classifier --dataset NAME --out PATH"
+        )
+    model = FeatureNet(**ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval().to(device), ckpt["card"]
+
+
+# ----------------------------------------------------------------------------- real sets
+
+
+def real_sets(
+    config: dict[str, Any], n: int, data_root: str | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """The reference set, the disjoint floor set (both [n', ...] in [-1, 1]), the held-out
+    images for the ELBO (None for toy data) and a note saying where each came from."""
+    gen = torch.Generator().manual_seed(seed)
+    name = config["dataset"]
+    if name in TOY_DATASETS:
+        ref = toy_dataset(name, n, torch.Generator().manual_seed(seed + 1))
+        floor = toy_dataset(name, n, torch.Generator().manual_seed(seed + 2))
+        note = f"two fresh sets of {n} points of the exact {name} distribution (seeds +1, +2)"
+        return {"reference": ref, "floor": floor, "heldout": None, "n": n, "note": note}
+    if config["split"] == "train":
+        train = load_image_dataset(name, "train", data_root).to_model_range()
+        held = load_image_dataset(name, "test", data_root).to_model_range()
+        held_name, train_name = "test split (held out)", "training split"
+    else:
+        data = load_image_dataset(name, config["split"], data_root).to_model_range()
+        keep, hold = holdout_split(len(data), config.get("holdout", 0) or 0, seed=0)
+        train, held = data[keep], data[hold]
+        held_name = f"{len(hold)} held-out images of the {config['split']} split"
+        train_name = f"{len(keep)} training images"
+    if len(held) >= n and len(train) >= n:
+        ref = held[torch.randperm(len(held), generator=gen)[:n]]
+        floor = train[torch.randperm(len(train), generator=gen)[:n]]
+        note = f"reference: {n} of the {held_name}; floor: {n} of the {train_name}"
+    else:
+        pool = torch.cat([held, train])
+        n = min(n, len(pool) // 2)
+        perm = torch.randperm(len(pool), generator=gen)
+        ref, floor = pool[perm[:n]], pool[perm[n : 2 * n]]
+        note = (
+            f"only {len(pool)} real {name} images exist here, so all of them (training and "
+            f"held out) were shuffled (seed {seed}) into two disjoint sets of n = {n}: "
+            "reference and floor"
+        )
+    return {
+        "reference": ref,
+        "floor": floor,
+        "heldout": held,
+        "heldout_note": held_name,
+        "n": n,
+        "note": note,
+    }
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def draw_samples(
+    diffusion: GaussianDiffusion,
+    model: nn.Module,
+    sample_shape: tuple[int, ...],
+    n: int,
+    sampler: str,
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+    bf16: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[Tensor, float]:
+    """``n`` samples [n, *sample_shape] (on the CPU) and the seconds they took.
+
+    Images are clipped and rounded to the 8-bit grid, as the real images are. DDPM runs the
+    graphed sampler of ``fast`` on CUDA (channels_last, compiled; the plain loop elsewhere);
+    DDIM uses η = 0.
+    """
+    kind, steps = parse_sampler(sampler)
+    if kind == "ddpm" and steps != diffusion.num_timesteps:
+        raise ValueError(f"{sampler}: DDPM runs all T = {diffusion.num_timesteps} steps")
+    if kind == "ddim" and steps > diffusion.num_timesteps:
+        raise ValueError(f"{sampler}: DDIM takes at most T = {diffusion.num_timesteps} steps")
+    device = torch.device(device)
+    images = len(sample_shape) == 3
+    torch.manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
+    out, start = [], time.perf_counter()
+    graphed: GraphedSampler | None = None
+    for i in range(0, n, batch_size):
+        shape = (min(batch_size, n - i), *sample_shape)
+        if kind == "ddpm" and device.type == "cuda":
+            # The graphed sampler applies bf16 autocast inside each captured step itself; an
+            # outer autocast would keep its weight casts cached outside the graph.
+            if graphed is None or tuple(graphed.x.shape) != shape:
+                net = prepare_model(model, channels_last=images, compile=True)
+                graphed = GraphedSampler(diffusion, net, shape, device, bf16, clip=images)
+            x = graphed.sample(progress=progress)
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                if kind == "ddpm":
+                    x = diffusion.sample(
+                        model, shape, device=device, generator=gen, progress=progress,
+                        clip_denoised=images,
+                    )  # fmt: skip
+                else:
+                    x = diffusion.ddim_sample(
+                        model, shape, steps=steps, device=device, generator=gen,
+                        progress=progress, clip_denoised=images,
+                    )  # fmt: skip
+        x = x.float()
+        out.append(to_model_range(from_model_range(x)).cpu() if images else x.cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return torch.cat(out), time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    n: int = 10_000,
+    samplers: tuple[str, ...] = ("ddpm-1000", "ddim-100", "ddim-50"),
+    elbo_n: int = 1000,
+    classifier: str | Path | None = None,
+    batch_size: int = 1000,
+    device: str | torch.device | None = None,
+    bf16: bool = False,
+    seed: int = 0,
+    data_root: str | None = None,
+    grids: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """FD (with floor and n), precision/recall per sampler, and the ELBO of a checkpoint.
+
+    Returns a JSON-ready dict; see the module docstring for which real images are used.
+    ``grids``: a folder for a 64-sample PNG per sampler.
+    """
+    for s in samplers:
+        parse_sampler(s)
+    if n < 2:
+        raise ValueError(f"n must be at least 2 (a covariance needs two samples), got {n}")
+    device = get_device(str(device) if device is not None else None)
+    model, ckpt = load_model(checkpoint, map_location=device)
+    config, diffusion = ckpt["config"], diffusion_for(ckpt["config"])
+    toy = config["dataset"] in TOY_DATASETS
+    sets = real_sets(config, n, data_root, seed)
+    n = sets["n"]
+    feature_net: FeatureNet | None = None
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": config["dataset"]}
+    if toy:
+        result["feature_space"] = "the 2-D coordinates themselves"
+    else:
+        path = classifier or find_checkpoint(f"classifier_{config['dataset']}")
+        if path is None:
+            raise FileNotFoundError(
+                f"no feature classifier for {config['dataset']}: train one with python -m "
+                f"ddpm_lib classifier --dataset {config['dataset']} --out "
+                f"checkpoints/classifier_{config['dataset']}.pt, or pass --classifier"
+            )
+        feature_net, card = load_classifier(path, device)
+        result["feature_space"] = f"penultimate layer of {path}"
+        result["classifier"] = card
+    card = ckpt.get("card", {})
+    result.update(
+        model_card={k: card.get(k) for k in ("steps", "batch_size", "device", "train_minutes")},
+        reference=sets["note"],
+        n=n,
+        device=str(device),
+        bf16_sampling=bf16,
+        seed=seed,
+    )
+
+    def feats(x: Tensor) -> Tensor:
+        return extract_features(feature_net, x, device=device)
+
+    ref_f = feats(sets["reference"])
+    floor_f = feats(sets["floor"])
+    floor_fd = frechet_distance_features(floor_f, ref_f)
+    result["floor"] = {"fd": floor_fd, **precision_recall(ref_f, floor_f)}
+    sample_shape = tuple(sets["reference"].shape[1:])
+    result["samplers"] = {}
+    for name in samplers:
+        x, seconds = draw_samples(
+            diffusion, model, sample_shape, n, name, batch_size, device, bf16, seed, progress
+        )
+        f = feats(x)
+        fd = frechet_distance_features(f, ref_f)
+        result["samplers"][name] = {
+            "fd": fd,
+            "fd_over_floor": fd / floor_fd,
+            **precision_recall(ref_f, f),
+            "network_evaluations": parse_sampler(name)[1],
+            "seconds": round(seconds, 1),
+        }
+        if grids is not None and not toy:
+            from .viz import save_grid
+
+            Path(grids).mkdir(parents=True, exist_ok=True)
+            save_grid(x[:64], Path(grids) / f"{Path(checkpoint).stem}_{name}.png")
+        if progress:
+            print(f"{name}: FD {fd:.3f} (floor {floor_fd:.3f}) at n = {n}, {seconds:.1f} s")
+    if sets["heldout"] is not None and elbo_n > 0:
+        held = sets["heldout"]
+        pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:elbo_n]
+        # Full float32 convolutions (no TF32): the bound's terms are small differences.
+        tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+        try:
+            elbo = elbo_summary(
+                diffusion, model, held[pick], min(batch_size, 500), device, seed, progress
+            )
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+        elbo["images"] = f"{len(pick)} random images (seed {seed}) of the {sets['heldout_note']}"
+        result["elbo"] = elbo
+    return result
