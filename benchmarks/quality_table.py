@@ -23,11 +23,23 @@ def _fd(row: dict) -> str:
     return f"{row['fd']:.3g} ({ratio:.1f}×)" if ratio < 10 else f"{row['fd']:.3g} ({ratio:.0f}×)"
 
 
+def _ode(path: Path) -> str:
+    if not path.is_file():
+        return "not measured"
+    m = json.loads(path.read_text())["main"]
+    if "bits_per_dim" in m:
+        return f"{m['bits_per_dim']:.3f} ± {m['standard_error']:.3f} bits/dim"
+    return (
+        f"{m['mean_log_likelihood_nats']:.3f} ± {m['standard_error']:.3f} nats/point "
+        f"(exact {m['exact_mean_log_density_nats']:.3f})"
+    )
+
+
 def render(folder: Path = RESULTS) -> str:
     lines = [
         "| checkpoint | training | n | real-data floor | FD DDPM-1000 | FD DDIM-100 | FD DDIM-50 "
-        "| precision / recall, DDPM-1000 (floor) | ELBO, bits/dim |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| precision / recall, DDPM-1000 (floor) | ELBO, bits/dim | ODE likelihood |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in ORDER:
         path = folder / f"quality_{name}.json"
@@ -47,7 +59,7 @@ def render(folder: Path = RESULTS) -> str:
         else:
             elbo = "n/a (continuous 2-D data)"
         cells = [f"`{name}.pt`", training, f"{r['n']:,}", f"{floor['fd']:.3g}"]
-        cells += [_fd(s[k]) for k in SAMPLERS] + [pr, elbo]
+        cells += [_fd(s[k]) for k in SAMPLERS] + [pr, elbo, _ode(folder / f"ode_{name}.json")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

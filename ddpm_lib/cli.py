@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--elbo-n", type=int, default=1000, help="held-out images for the ELBO (0: skip)"
     )
+    ev.add_argument("--ode-n", type=int, default=0, help="images for the ODE likelihood (0: skip)")
+    ev.add_argument("--ode-steps", type=_positive_int, default=100, help="Heun steps of the ODE")
     ev.add_argument("--classifier", type=Path, help="default checkpoints/classifier_<dataset>.pt")
     ev.add_argument("--batch-size", type=_positive_int, default=1000)
     ev.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (GPU)")
@@ -325,12 +327,13 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         parser.error(str(e))
     if args.out is not None and args.out.suffix.lower() != ".json":
         parser.error(f"--out must be a .json file, got {args.out}")
-    if args.elbo_n < 0:
-        parser.error(f"--elbo-n must be ≥ 0, got {args.elbo_n}")
+    if args.elbo_n < 0 or args.ode_n < 0:
+        parser.error(f"--elbo-n and --ode-n must be ≥ 0, got {args.elbo_n}, {args.ode_n}")
     start = time.perf_counter()
     result = evaluate_checkpoint(
         args.checkpoint, args.n, samplers, args.elbo_n, args.classifier, args.batch_size,
         args.device, args.bf16, args.seed, args.data_root, args.grids, not args.no_progress,
+        args.ode_n, args.ode_steps,
     )  # fmt: skip
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
     result["command"] = "python -m ddpm_lib " + " ".join(args.argv)

@@ -1,6 +1,7 @@
 """Specification of ddpm_lib.evaluate and the classifier / evaluate commands."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,32 @@ def test_committed_results_table_is_what_the_committed_json_says():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_toy_ode_likelihood_is_reported_beside_the_exact_density():
+    result = evaluate_checkpoint(
+        find_checkpoint("toy_gmm"), n=10, samplers=(), device="cpu", progress=False,
+        ode_n=20, ode_steps=4,
+    )  # fmt: skip
+    ode = result["ode_likelihood"]
+    assert ode["n"] == 20 and math.isfinite(ode["mean_log_likelihood_nats"])
+    diff = ode["mean_log_likelihood_nats"] - ode["exact_mean_log_density_nats"]
+    assert ode["mean_difference_nats"] == pytest.approx(diff)
+
+
+def test_image_ode_likelihood_is_in_bits_per_dim_on_held_out_images():
+    result = evaluate_checkpoint(
+        find_checkpoint("mnist"), n=4, samplers=(), elbo_n=0, device="cpu", progress=False,
+        classifier=_untrained_classifier(), ode_n=1, ode_steps=2,
+    )  # fmt: skip
+    ode = result["ode_likelihood"]
+    assert ode["n"] == 1 and math.isfinite(ode["bits_per_dim"]) and ode["bits_per_dim"] > 0
+    assert "held-out" in ode["images"] and ode["t_start"] == 1e-3
+
+
+def _untrained_classifier():
+    import tempfile
+
+    torch.manual_seed(0)
+    path = Path(tempfile.mkdtemp()) / "clf.pt"
+    return save_classifier(FeatureNet().eval(), {"test_accuracy": None}, path)

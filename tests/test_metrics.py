@@ -205,3 +205,8 @@ def test_elbo_summary_refuses_data_off_the_8_bit_grid(small_diffusion):
     x0 = torch.full((2, 1, 4, 4), 0.123)
     with pytest.raises(ValueError, match="8-bit"):
         elbo_summary(small_diffusion, lambda x, t: torch.zeros_like(x), x0, progress=False)
+
+
+def test_precision_recall_needs_more_samples_than_neighbours():
+    with pytest.raises(ValueError, match="needs more than 3 samples"):
+        precision_recall(torch.zeros(3, 2), torch.zeros(10, 2), k=3)
