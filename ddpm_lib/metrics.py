@@ -77,7 +77,7 @@ class FeatureNet(nn.Module):
 
 def _shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
     """Random translation by up to ``max_shift`` pixels (zero padding = background -1)."""
-    b, _, h, w = x.shape
+    h, w = x.shape[-2:]
     padded = F.pad(x, [max_shift] * 4, value=-1.0)
     dx, dy = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
     return padded[:, :, dy : dy + h, dx : dx + w]

@@ -92,10 +92,15 @@ def test_toy_evaluation_reports_fd_floor_and_ratio_at_the_same_n():
     assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
 
 
-def test_evaluate_command_writes_json_with_fd_floor_and_elbo(tmp_path):
-    # An untrained classifier is enough to exercise the pipeline; the figures mean nothing.
+@pytest.fixture
+def untrained_classifier(tmp_path):
+    # An untrained classifier is enough to exercise the pipeline; its figures mean nothing.
     torch.manual_seed(0)
-    clf = save_classifier(FeatureNet().eval(), {"test_accuracy": None}, tmp_path / "clf.pt")
+    return save_classifier(FeatureNet().eval(), {"test_accuracy": None}, tmp_path / "clf.pt")
+
+
+def test_evaluate_command_writes_json_with_fd_floor_and_elbo(tmp_path, untrained_classifier):
+    clf = untrained_classifier
     out = tmp_path / "eval.json"
     args = ["evaluate", "--checkpoint", str(find_checkpoint("mnist")), "--classifier", str(clf)]
     args += ["--n", "12", "--samplers", "ddim-2", "--elbo-n", "1", "--device", "cpu"]
@@ -165,20 +170,12 @@ def test_toy_ode_likelihood_is_reported_beside_the_exact_density():
     assert ode["mean_difference_nats"] == pytest.approx(diff)
 
 
-def test_image_ode_likelihood_is_in_bits_per_dim_on_held_out_images():
+def test_image_ode_likelihood_is_in_bits_per_dim_on_held_out_images(untrained_classifier):
     result = evaluate_checkpoint(
         find_checkpoint("mnist"), n=4, samplers=(), elbo_n=0, device="cpu", progress=False,
-        classifier=_untrained_classifier(), ode_n=1, ode_steps=2,
+        classifier=untrained_classifier, ode_n=1, ode_steps=2,
     )  # fmt: skip
     ode = result["ode_likelihood"]
     # two ODE steps are far too few for an accurate value; the test checks the plumbing
     assert ode["n"] == 1 and math.isfinite(ode["bits_per_dim"])
     assert "held-out" in ode["images"] and ode["t_start"] == 1e-3
-
-
-def _untrained_classifier():
-    import tempfile
-
-    torch.manual_seed(0)
-    path = Path(tempfile.mkdtemp()) / "clf.pt"
-    return save_classifier(FeatureNet().eval(), {"test_accuracy": None}, path)
