@@ -1,20 +1,29 @@
 """ddpm_lib vs diffusers vs denoising-diffusion-pytorch on one GPU, side by side in one run.
 
-For each peer configuration, our UNet is built with the same architecture (parameter count and
-forward FLOPs per image are measured for both and recorded). Measured, in this order:
+For each of the three peer configurations, our network is built with the same architecture
+(parameter count and forward FLOPs per image are measured for both and recorded): our UNet for
+the two diffusers configs, our ResUNet for denoising-diffusion-pytorch's Unet(64, (1,2,4,8)).
+Measured, in this order, all in one process:
   1. the bf16 matmul peak of this GPU (8192³ products), the denominator of every MFU;
-  2. training images/s (one step = forward, backward, optimizer; ours also updates the EMA)
-     at batch 128 and larger batches, peers in fp32 and bf16 autocast as people run them,
-     ours plain (fp32 eager) and on the fast path (bf16, channels_last, fused AdamW, compile);
-  3. 1000-step ancestral sampling of 256 images (peers' own samplers; ours eager and graphed).
-Results are written to --out (JSON) after every measurement, so a cut-short run keeps its data.
+  2. a check that the CUDA-graphed training step trains as the plain one does (fp32);
+  3. per config, training images/s (one step = batch draw, forward, backward, optimizer; ours
+     also updates the EMA) at batch 128 and larger batches, peers in fp32 and bf16 autocast as
+     people run them, ours plain (fp32 eager, batch 128) and on the fast path (bf16,
+     channels_last, fused AdamW, torch.compile, the whole step as one CUDA graph);
+  4. per config, 1000-step ancestral sampling of 256 images (peers' own samplers in fp32 and
+     bf16; ours compiled, bf16, one CUDA graph per step).
+Results are written to --out (JSON) after every measurement, so a cut-short run keeps its data;
+--table writes the markdown table of the book's performance page from the JSON.
 
-Usage (GPU machine, peers' wheels on PYTHONPATH):  python benchmarks/bench_gpu.py --out r.json
+Usage (GPU machine, peers' wheels on PYTHONPATH):
+    python benchmarks/bench_gpu.py --out r.json --table r.md      # about 15 min on an H100
+    python benchmarks/bench_gpu.py --table r.md --from-json r.json  # the table again, no GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -29,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_lib.diffusion import GaussianDiffusion  # noqa: E402
 from ddpm_lib.fast import GraphedSampler  # noqa: E402
-from ddpm_lib.models import UNet, UNetConfig, count_parameters  # noqa: E402
+from ddpm_lib.models import UNetConfig, build_model, count_parameters  # noqa: E402
+from ddpm_lib.resunet import ResUNetConfig  # noqa: E402
 from ddpm_lib.schedules import linear_beta_schedule  # noqa: E402
 from ddpm_lib.train import TrainConfig, Trainer  # noqa: E402
 
@@ -48,10 +58,18 @@ def out_of_time(what: str) -> bool:
 
 DEVICE = "cuda"  # --smoke runs every code path on the CPU at tiny sizes, to check the script
 T = 1000  # diffusion steps of every sampler (10 in --smoke)
+N_SAMPLE = 256  # images per sampling run (2 in --smoke)
 
 
 def save(path: Path) -> None:
     path.write_text(json.dumps(RESULTS, indent=2))
+
+
+def free_memory() -> None:
+    """Drop what the last measurement left (trainers hold reference cycles, graphs pools)."""
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
 
 def cuda_time(fn, iters: int, warmup: int) -> float:
@@ -125,6 +143,12 @@ def diffusers_model(kind: str):
     )
 
 
+KINDS = ("hf_course_mnist", "ddpm_cifar10", "lucidrains_unet64")
+PEER = {
+    "hf_course_mnist": "diffusers",
+    "ddpm_cifar10": "diffusers",
+    "lucidrains_unet64": "lucidrains",
+}
 OURS = {
     "hf_course_mnist": UNetConfig(
         image_size=28, ch=32, ch_mult=(1, 2, 2), attn_resolutions=(14, 7), dropout=0.0
@@ -137,8 +161,26 @@ OURS = {
         attn_resolutions=(16,),
         dropout=0.0,
     ),
+    "lucidrains_unet64": ResUNetConfig(
+        image_size=32, in_channels=3, dim=64, dim_mults=(1, 2, 4, 8)
+    ),
 }
-SHAPES = {"hf_course_mnist": (1, 28, 28), "ddpm_cifar10": (3, 32, 32)}
+SHAPES = {
+    "hf_course_mnist": (1, 28, 28),
+    "ddpm_cifar10": (3, 32, 32),
+    "lucidrains_unet64": (3, 32, 32),
+}
+BATCHES = {"hf_course_mnist": (128, 512, 1024), "ddpm_cifar10": (128, 256, 512)}
+BATCHES["lucidrains_unet64"] = BATCHES["ddpm_cifar10"]
+
+
+def our_spec(kind: str) -> dict:
+    model_type = "resunet" if kind == "lucidrains_unet64" else "unet"
+    return {"type": model_type, **OURS[kind].to_dict()}
+
+
+def our_model(kind: str) -> torch.nn.Module:
+    return build_model(our_spec(kind))
 
 
 def diffusers_train_step(unet, batch: int, shape, bf16: bool):
@@ -170,8 +212,8 @@ def lucidrains_parts():
     diff = LucidDiffusion(
         net,
         image_size=32,
-        timesteps=1000,
-        sampling_timesteps=1000,
+        timesteps=T,
+        sampling_timesteps=T,
         objective="pred_noise",
         beta_schedule="linear",
     ).to(DEVICE)
@@ -193,22 +235,73 @@ def lucidrains_train_step(diff, batch: int, bf16: bool):
     return step
 
 
+def peer_parts(kind: str):
+    """(ε-network for counting, diffusion object or None) of the peer library's config."""
+    if PEER[kind] == "lucidrains":
+        return lucidrains_parts()
+    return diffusers_model(kind).to(DEVICE), None
+
+
+def peer_train_step(kind: str, net, diff, batch: int, bf16: bool):
+    if PEER[kind] == "lucidrains":
+        return lucidrains_train_step(diff, batch, bf16)
+    return diffusers_train_step(net, batch, SHAPES[kind], bf16)
+
+
+def peer_sampler(kind: str, net, diff, bf16: bool):
+    """A function drawing N_SAMPLE images by the peer's own 1000-step ancestral sampler."""
+    shape = SHAPES[kind]
+    if PEER[kind] == "lucidrains":
+        diff.eval()
+
+        @torch.no_grad()
+        def run_lucid():
+            with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
+                return diff.sample(batch_size=N_SAMPLE)
+
+        return run_lucid
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=T)
+    net.eval()
+
+    @torch.no_grad()
+    def run_diffusers():
+        sched.set_timesteps(T)
+        y = torch.randn(N_SAMPLE, *shape, device=DEVICE)
+        for t in sched.timesteps:
+            with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
+                out = net(y, t).sample
+            y = sched.step(out.float(), t, y).prev_sample
+        return y
+
+    return run_diffusers
+
+
 # ----------------------------------------------------------------------------- ours
 def ours_trainer(
-    kind: str, batch: int, fast: bool, compile_mode: str | None = "reduce-overhead"
+    kind: str,
+    batch: int,
+    fast: bool,
+    compile_mode: str | None = None,
+    cuda_graph: bool | None = None,
+    bf16: bool | None = None,
 ) -> Trainer:
+    """Our Trainer on random data of the config's shape; ``fast`` turns on the GPU fast path."""
+    on_gpu = DEVICE == "cuda"
     cfg = TrainConfig(
         dataset="mnist" if kind == "hf_course_mnist" else "cifar10",
-        model={"type": "unet", **OURS[kind].to_dict()},
+        model=our_spec(kind),
         batch_size=batch,
         steps=10**9,
-        bf16=fast,
+        bf16=fast if bf16 is None else bf16,
         channels_last=fast,
-        compile=fast and DEVICE == "cuda",
+        compile=fast and on_gpu,
         compile_mode=compile_mode,
+        cuda_graph=fast if cuda_graph is None else cuda_graph,
         out_dir="/tmp/bench_unused",
     )
-    data = torch.rand(4096, *SHAPES[kind]) * 2 - 1
+    data = torch.rand(4096, *SHAPES[kind], generator=torch.Generator().manual_seed(0)) * 2 - 1
     return Trainer(cfg, data=data, device=DEVICE)
 
 
@@ -216,23 +309,244 @@ def images_per_second(step, batch: int, iters: int, warmup: int) -> float:
     return batch / cuda_time(step, iters=iters, warmup=warmup)
 
 
+def graph_check(steps: int) -> dict:
+    """The graphed step against the plain one, fp32 (TF32 off) without compile, same seed: they
+    draw the same batches, t and ε, so the losses agree up to rounding. A second plain run
+    calibrates: its differences from the first are cuDNN's run-to-run rounding. Adam turns a
+    gradient entry's rounding into a ±lr step where that entry is near zero, so weights can
+    differ by a few times lr (2e-4) even when every step computes the same function."""
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    runs = []
+    for graphed in (False, False, True):
+        trainer = ours_trainer("hf_course_mnist", 128, fast=False, cuda_graph=graphed)
+        losses = torch.stack([trainer.train_step() for _ in range(steps)])
+        runs.append((trainer, losses))
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    @torch.no_grad()
+    def max_diff(m1, m2):
+        pairs = zip(m1.parameters(), m2.parameters(), strict=True)
+        return max(float((x - y).abs().max()) for x, y in pairs)
+
+    out: dict = {"steps": steps, "loss_first_last": [float(runs[0][1][0]), float(runs[0][1][-1])]}
+    for name, (other, losses) in (("plain_vs_plain", runs[1]), ("graphed_vs_plain", runs[2])):
+        plain = runs[0][0]
+        out[name] = {
+            "max_abs_loss_difference": float((losses - runs[0][1]).abs().max()),
+            "max_abs_weight_difference": max_diff(plain.model, other.model),
+            "max_abs_ema_difference": max_diff(plain.ema, other.ema),
+            "same_generator_states": all(
+                torch.equal(a.get_state(), b.get_state())
+                for a, b in ((plain.data_gen, other.data_gen), (plain.noise_gen, other.noise_gen))
+            ),
+        }
+    del runs
+    free_memory()
+    return out
+
+
+def best(train: dict, prefix: str) -> tuple[float | None, str | None]:
+    keys = [k for k in train if k.startswith(prefix) and "setup" not in k]
+    if not keys:
+        return None, None
+    key = max(keys, key=lambda k: train[k])
+    return train[key], key
+
+
+def measure(kind: str, args) -> None:
+    shape, peer_name = SHAPES[kind], PEER[kind]
+    entry = RESULTS.setdefault(kind, {"peer": peer_name})
+    net, diff = peer_parts(kind)
+    ours = our_model(kind).to(DEVICE)
+    peer_eps = DiffusersEps(net) if peer_name == "diffusers" else net
+    entry["params"] = {peer_name: count_parameters(net), "ours": count_parameters(ours)}
+    entry["fwd_gflop_per_image"] = {
+        peer_name: forward_flops(peer_eps, shape),
+        "ours": forward_flops(ours, shape),
+    }
+    print(kind, entry["params"], entry["fwd_gflop_per_image"], flush=True)
+    save(args.out)
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else BATCHES[kind]
+    train = entry.setdefault("train_images_per_s", {})
+    for batch in batches:
+        for bf16 in (False, True):
+            name = f"{peer_name}_{'bf16' if bf16 else 'fp32'}_b{batch}"
+            if out_of_time(f"{kind}/{name}"):
+                continue
+            step = peer_train_step(kind, net, diff, batch, bf16)
+            train[name] = images_per_second(step, batch, args.iters, 5)
+            print(name, round(train[name]), flush=True)
+            save(args.out)
+            del step
+            free_memory()
+        for fast in (False, True) if batch == batches[0] else (True,):
+            name = f"ours_{'fast' if fast else 'plain_fp32'}_b{batch}"
+            if out_of_time(f"{kind}/{name}"):
+                continue
+            t0 = time.time()
+            trainer = ours_trainer(kind, batch, fast)
+            train[name] = images_per_second(trainer.train_step, batch, args.iters, 10)
+            train[name + "_setup_s"] = time.time() - t0
+            print(name, round(train[name]), f"(setup {train[name + '_setup_s']:.0f} s)", flush=True)
+            save(args.out)
+            del trainer
+            free_memory()
+    flop_img = 3 * entry["fwd_gflop_per_image"]["ours"] * 1e9
+    peak = RESULTS["bf16_matmul_peak_tflops"] * 1e12
+    peer_best, peer_key = best(train, peer_name)
+    ours_best, ours_key = best(train, "ours_fast")
+    entry["best_train"] = {peer_name: [peer_key, peer_best], "ours_fast": [ours_key, ours_best]}
+    ratio = entry.setdefault(f"speedup_vs_{peer_name}", {})
+    b0 = batches[0]
+    if ours_best and peer_best:
+        entry["ours_fast_mfu_best"] = ours_best * flop_img / peak
+        ratio["train_best_batch"] = ours_best / peer_best
+    if f"ours_fast_b{b0}" in train and f"{peer_name}_bf16_b{b0}" in train:
+        entry[f"ours_fast_mfu_b{b0}"] = train[f"ours_fast_b{b0}"] * flop_img / peak
+        ratio[f"train_b{b0}"] = train[f"ours_fast_b{b0}"] / max(
+            train[f"{peer_name}_fp32_b{b0}"], train[f"{peer_name}_bf16_b{b0}"]
+        )
+    save(args.out)
+
+    if args.skip_sampling:
+        return
+    sample = entry.setdefault(f"sample_1000_steps_{N_SAMPLE}_images_s", {})
+    for bf16 in (False, True):
+        name = f"{peer_name}_{'bf16' if bf16 else 'fp32'}"
+        if out_of_time(f"{kind}/sample/{name}"):
+            continue
+        sample[name] = cuda_time(peer_sampler(kind, net, diff, bf16), iters=1, warmup=0)
+        print("sample", name, round(sample[name], 1), flush=True)
+        save(args.out)
+    del net, diff, peer_eps
+    free_memory()
+    if out_of_time(f"{kind}/sample/ours_fast"):
+        return
+    d = GaussianDiffusion(linear_beta_schedule(T))
+    t0 = time.time()
+    fast_model = ours.eval().to(memory_format=torch.channels_last)
+    if DEVICE == "cuda":
+        fast_model = torch.compile(fast_model)
+    sampler = GraphedSampler(d, fast_model, (N_SAMPLE, *shape), DEVICE, bf16=True)
+    sampler.sample()  # capture (and compile)
+    sample["ours_fast_setup_s"] = time.time() - t0
+    sample["ours_fast"] = cuda_time(sampler.sample, iters=1, warmup=0)
+    print("sample ours_fast", round(sample["ours_fast"], 2), flush=True)
+    peer_times = [v for k, v in sample.items() if k.startswith(peer_name)]
+    if peer_times:
+        ratio["sample"] = min(peer_times) / sample["ours_fast"]
+    save(args.out)
+    del sampler, fast_model
+    free_memory()
+
+
+# ----------------------------------------------------------------------------- table
+TARGETS = {
+    ("ddpm_cifar10", "train_b128"): "≥ 3× (≥ 26% MFU)",
+    ("ddpm_cifar10", "train_best_batch"): "≥ 3×",
+    ("ddpm_cifar10", "sample"): "≥ 5×",
+    ("hf_course_mnist", "train_b128"): "≥ 5×",
+    ("hf_course_mnist", "train_best_batch"): "≥ 5×",
+    ("hf_course_mnist", "sample"): "≥ 5×",
+}
+TITLES = {
+    "hf_course_mnist": "1.7M MNIST UNet (diffusers HF-course config)",
+    "ddpm_cifar10": "35.7M DDPM-CIFAR UNet (diffusers google/ddpm-cifar10-32 config)",
+    "lucidrains_unet64": "35.7M denoising-diffusion-pytorch Unet(64, (1,2,4,8))",
+}
+
+
+def table(results: dict) -> str:
+    """Markdown table of the run: one row per (config, measurement), the peer's best of
+    fp32/bf16 beside ours, the ratio and the target."""
+    peak = results["bf16_matmul_peak_tflops"]
+    lines = [
+        "| configuration | measurement | peer (library) | ddpm_lib | ratio | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        e = results.get(kind)
+        if not e or "train_images_per_s" not in e:
+            continue
+        peer, tr = e["peer"], e["train_images_per_s"]
+        ratio = e.get(f"speedup_vs_{peer}", {})
+        first = min(int(k.rsplit("_b", 1)[1]) for k in tr if k.startswith(peer))
+        rows = []
+        pk = [tr.get(f"{peer}_fp32_b{first}"), tr.get(f"{peer}_bf16_b{first}")]
+        if all(pk) and f"ours_fast_b{first}" in tr:
+            mfu = e.get(f"ours_fast_mfu_b{first}", 0)
+            rows.append(
+                (
+                    f"training images/s, batch {first}",
+                    f"{max(pk):,.0f}",
+                    f"{tr[f'ours_fast_b{first}']:,.0f} ({mfu:.0%} MFU)",
+                    ratio.get(f"train_b{first}"),
+                    "train_b128",
+                )
+            )
+        (pkey, pval), (okey, oval) = e["best_train"][peer], e["best_train"]["ours_fast"]
+        if pval and oval:
+            rows.append(
+                (
+                    "training images/s, each side's best batch",
+                    f"{pval:,.0f} (b{pkey.rsplit('_b', 1)[1]}, {pkey.split('_')[1]})",
+                    f"{oval:,.0f} (b{okey.rsplit('_b', 1)[1]}, {e['ours_fast_mfu_best']:.0%} MFU)",
+                    ratio.get("train_best_batch"),
+                    "train_best_batch",
+                )
+            )
+        sm = e.get(f"sample_1000_steps_{N_SAMPLE}_images_s", {})
+        peer_s = {k: v for k, v in sm.items() if k.startswith(peer)}
+        if peer_s and "ours_fast" in sm:
+            k = min(peer_s, key=peer_s.get)
+            rows.append(
+                (
+                    f"1000-step sampling of {N_SAMPLE} images",
+                    f"{peer_s[k]:.1f} s ({k.split('_')[1]})",
+                    f"{sm['ours_fast']:.2f} s",
+                    ratio.get("sample"),
+                    "sample",
+                )
+            )
+        for what, theirs, mine, r, key in rows:
+            target = TARGETS.get((kind, key), "–")
+            rtxt = f"{r:.2f}×" if r else "–"
+            lines.append(f"| {TITLES[kind]} | {what} | {theirs} | {mine} | {rtxt} | {target} |")
+    gpu = results["env"]["gpu"]
+    lines.append("")
+    lines.append(
+        f"{gpu}, bf16 matmul peak measured in the same run: {peak:.0f} TFLOP/s; "
+        "MFU = 3 × forward FLOPs per image × images/s ÷ that peak."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--batches", default="128,512")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--table", type=Path, help="also write the markdown table here")
+    parser.add_argument("--from-json", type=Path, help="only write --table from this JSON")
+    parser.add_argument("--batches", help="comma list for every config (default: per config)")
     parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--graph-check-steps", type=int, default=20)
     parser.add_argument("--skip-sampling", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: check the script")
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds")
-    parser.add_argument("--only", default="hf_course_mnist,ddpm_cifar10,lucidrains")
+    parser.add_argument("--only", default=",".join(KINDS))
     args = parser.parse_args()
-    global DEVICE, T, DEADLINE
+    if args.from_json:
+        if not args.table:
+            parser.error("--from-json needs --table")
+        args.table.write_text(table(json.loads(args.from_json.read_text())))
+        return
+    if not args.out:
+        parser.error("--out is required (or --from-json with --table)")
+    global DEVICE, T, DEADLINE, N_SAMPLE
     DEADLINE = args.deadline
-    only = set(args.only.split(","))
     if args.smoke:
-        DEVICE, T = "cpu", 10
-        args.batches, args.iters = "2", 1
-    batches = [int(b) for b in args.batches.split(",")]
+        DEVICE, T, N_SAMPLE = "cpu", 10, 2
+        args.batches, args.iters, args.graph_check_steps = "2", 1, 2
     import denoising_diffusion_pytorch as ddp_pkg
     import diffusers
 
@@ -242,131 +556,24 @@ def main() -> None:
         "diffusers": diffusers.__version__,
         "denoising_diffusion_pytorch": getattr(ddp_pkg, "__version__", "2.3.4"),
         "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
     }
+    if DEVICE == "cuda":  # both sides: cuDNN times its algorithms once per shape, keeps the best
+        torch.backends.cudnn.benchmark = True
+    RESULTS["env"]["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     peak = matmul_peak()
     RESULTS["bf16_matmul_peak_tflops"] = peak
     print(f"bf16 matmul peak {peak:.0f} TFLOP/s", flush=True)
+    RESULTS["graph_check"] = graph_check(args.graph_check_steps)
+    print("graph check", RESULTS["graph_check"], flush=True)
     save(args.out)
-
-    for kind in ("hf_course_mnist", "ddpm_cifar10"):
-        if kind not in only:
-            continue
-        shape = SHAPES[kind]
-        peer = diffusers_model(kind).to(DEVICE)
-        ours = UNet(OURS[kind]).to(DEVICE)
-        entry = RESULTS.setdefault(kind, {})
-        entry["params"] = {"diffusers": count_parameters(peer), "ours": count_parameters(ours)}
-        entry["fwd_gflop_per_image"] = {
-            "diffusers": forward_flops(DiffusersEps(peer), shape),
-            "ours": forward_flops(ours, shape),
-        }
-        print(kind, entry["params"], entry["fwd_gflop_per_image"], flush=True)
-        train = entry.setdefault("train_images_per_s", {})
-        for batch in batches:
-            for bf16 in (False, True):
-                name = f"diffusers_{'bf16' if bf16 else 'fp32'}_b{batch}"
-                if out_of_time(f"{kind}/{name}"):
-                    continue
-                step = diffusers_train_step(peer, batch, shape, bf16)
-                train[name] = images_per_second(step, batch, args.iters, 5)
-                print(name, round(train[name]), flush=True)
-                save(args.out)
-            for fast in (False, True):
-                name = f"ours_{'fast' if fast else 'plain_fp32'}_b{batch}"
-                if out_of_time(f"{kind}/{name}"):
-                    continue
-                t0 = time.time()
-                trainer = ours_trainer(kind, batch, fast)
-                train[name] = images_per_second(trainer.train_step, batch, args.iters, 10)
-                train[name + "_setup_s"] = time.time() - t0
-                print(name, round(train[name]), flush=True)
-                save(args.out)
-                del trainer
-        flop_img = 3 * entry["fwd_gflop_per_image"]["ours"] * 1e9
-        best = {
-            side: max(
-                (v for k, v in train.items() if k.startswith(side) and "setup" not in k),
-                default=None,
-            )
-            for side in ("diffusers", "ours_fast")
-        }
-        entry["best_train_images_per_s"] = best
-        if best["ours_fast"] and best["diffusers"]:
-            entry["ours_fast_mfu"] = best["ours_fast"] * flop_img / (peak * 1e12)
-            entry["speedup_vs_diffusers_train_best"] = best["ours_fast"] / best["diffusers"]
-        b0 = batches[0]
-        if f"ours_fast_b{b0}" in train and f"diffusers_bf16_b{b0}" in train:
-            entry[f"speedup_vs_diffusers_train_b{b0}"] = train[f"ours_fast_b{b0}"] / max(
-                train[f"diffusers_fp32_b{b0}"], train[f"diffusers_bf16_b{b0}"]
-            )
-        save(args.out)
-
-        if args.skip_sampling or out_of_time(f"{kind}/sampling"):
-            continue
-        sample = entry.setdefault("sample_1000_steps_256_images_s", {})
-        from diffusers import DDPMScheduler
-
-        sched = DDPMScheduler(num_train_timesteps=T)
-        peer.eval()
-        for bf16 in (False, True):
-            x = torch.randn(256 if DEVICE == "cuda" else 2, *shape, device=DEVICE)
-
-            @torch.no_grad()
-            def run_peer(x=x, bf16=bf16, peer=peer, sched=sched):
-                sched.set_timesteps(T)
-                y = x
-                for t in sched.timesteps:
-                    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
-                        out = peer(y, t).sample
-                    y = sched.step(out.float(), t, y).prev_sample
-                return y
-
-            name = f"diffusers_{'bf16' if bf16 else 'fp32'}"
-            sample[name] = cuda_time(run_peer, iters=1, warmup=0)
-            print("sample", name, round(sample[name], 1), flush=True)
-            save(args.out)
-        d = GaussianDiffusion(linear_beta_schedule(T))
-        t0 = time.time()
-        fast_model = ours.eval().to(memory_format=torch.channels_last)
-        if DEVICE == "cuda":
-            fast_model = torch.compile(fast_model)
-        n = 256 if DEVICE == "cuda" else 2
-        sampler = GraphedSampler(d, fast_model, (n, *shape), DEVICE, bf16=True)
-        sampler.sample()  # capture (and compile)
-        sample["ours_fast_setup_s"] = time.time() - t0
-        sample["ours_fast"] = cuda_time(sampler.sample, iters=1, warmup=0)
-        print("sample ours_fast", round(sample["ours_fast"], 2), flush=True)
-        sample["speedup_vs_diffusers"] = (
-            min(sample["diffusers_fp32"], sample["diffusers_bf16"]) / sample["ours_fast"]
-        )
-        save(args.out)
-
-    # denoising-diffusion-pytorch: its own Unet(64, (1,2,4,8)); our UNet does not express
-    # that layout within 1% parameters / 5% FLOPs, so its figures stand alone (no ratio).
-    if "lucidrains" not in only or out_of_time("lucidrains"):
-        print(json.dumps(RESULTS, indent=1))
-        return
-    net, diff = lucidrains_parts()
-    entry = RESULTS.setdefault("lucidrains_unet64", {})
-    entry["params"] = count_parameters(net)
-    entry["fwd_gflop_per_image"] = forward_flops(net, (3, 32, 32))
-    train = entry.setdefault("train_images_per_s", {})
-    for batch in batches:
-        for bf16 in (False, True):
-            name = f"lucidrains_{'bf16' if bf16 else 'fp32'}_b{batch}"
-            if out_of_time(f"lucidrains/{name}"):
-                continue
-            train[name] = images_per_second(
-                lucidrains_train_step(diff, batch, bf16), batch, args.iters, 5
-            )
-            print(name, round(train[name]), flush=True)
-            save(args.out)
-    if not args.skip_sampling and not out_of_time("lucidrains/sampling"):
-        diff.eval()
-        entry["sample_1000_steps_256_images_s"] = cuda_time(
-            lambda: diff.sample(batch_size=256 if DEVICE == "cuda" else 2), iters=1, warmup=0
-        )
-        save(args.out)
+    for kind in KINDS:
+        if kind in args.only.split(",") and not out_of_time(kind):
+            measure(kind, args)
+    RESULTS["wall_s"] = time.monotonic() - START
+    save(args.out)
+    if args.table:
+        args.table.write_text(table(RESULTS))
     print(json.dumps(RESULTS, indent=1))
 
 

@@ -34,6 +34,7 @@ RESUMABLE = (
     "time_limit",
     "channels_last",
     "compile",
+    "cuda_graph",
 )
 
 
@@ -100,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--channels-last", action="store_true", default=None, help="NHWC layout (GPU)")
     tr.add_argument("--compile", action="store_true", default=None, help="torch.compile")
     tr.add_argument("--compile-mode", help="torch.compile mode, e.g. reduce-overhead")
+    tr.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        default=None,
+        help="capture the whole training step in one CUDA graph (GPU, one process)",
+    )
     tr.add_argument("--seed", type=int, help="random seed")
     tr.add_argument("--log-every", type=_positive_int, help="steps between loss logs")
     tr.add_argument("--save-every", type=_positive_int, help="steps between checkpoints")

@@ -203,6 +203,23 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+def _check_image_batch(x: Tensor, want: tuple[int, int, int], owner: str, fix: str) -> None:
+    """Raise ValueError unless x is a batch [B, *want]; ``fix`` names the config to build."""
+    if x.ndim != 4:
+        hint = " (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""
+        raise ValueError(
+            f"{owner} expects images shaped [B, C, H, W], got shape {tuple(x.shape)}{hint}: "
+            "pass a 4-D batch"
+        )
+    got = tuple(x.shape[1:])
+    if got != want:
+        raise ValueError(
+            f"{owner} configured for {'×'.join(map(str, want))} images got "
+            f"{'×'.join(map(str, got))}: build the model with {fix} whose "
+            "image_size/in_channels match the data"
+        )
+
+
 def _check_t(t: Tensor | float, batch: int, device: torch.device, owner: str) -> Tensor:
     """Return t as a [batch] tensor on ``device``; a 0-d t (or Python number) is broadcast."""
     t = torch.as_tensor(t, device=device)
@@ -296,24 +313,12 @@ class UNet(nn.Module):
 
     def _check_x(self, x: Tensor) -> None:
         cfg = self.config
-        want = (cfg.in_channels, cfg.image_size, cfg.image_size)
-        if x.ndim != 4:
-            hint = " (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""
-            raise ValueError(
-                f"UNet expects images shaped [B, C, H, W], got shape {tuple(x.shape)}{hint}: "
-                "pass a 4-D batch"
-            )
         got = tuple(x.shape[1:])
-        if got != want:
-            fix = "a UNetConfig"
-            for name, p in UNET_PRESETS.items():
-                if (p.in_channels, p.image_size, p.image_size) == got:
-                    fix = f"UNET_PRESETS[{name!r}] or a UNetConfig"
-            raise ValueError(
-                f"UNet configured for {'×'.join(map(str, want))} images got "
-                f"{'×'.join(map(str, got))}: build "
-                f"the model with {fix} whose image_size/in_channels match the data"
-            )
+        fix = "a UNetConfig"
+        for name, p in UNET_PRESETS.items():
+            if (p.in_channels, p.image_size, p.image_size) == got:
+                fix = f"UNET_PRESETS[{name!r}] or a UNetConfig"
+        _check_image_batch(x, (cfg.in_channels, cfg.image_size, cfg.image_size), "UNet", fix)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Predict the noise in ``x`` [B, C, S, S] at time steps ``t`` [B]; same spatial shape."""
@@ -400,9 +405,10 @@ _MODEL_TYPES: dict[str, tuple[type[nn.Module], type[_ConfigDict]]] = {
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build a model from a plain dict, the inverse of ``model_spec``.
 
-    ``spec`` is ``{"type": "unet", **UNetConfig fields}`` or ``{"type": "mlp", **ToyMLPConfig
-    fields}``. For the UNet, ``"preset": name`` starts from ``UNET_PRESETS[name]`` and any
-    other keys override it, e.g. ``{"type": "unet", "preset": "mnist", "dropout": 0.0}``.
+    ``spec`` is ``{"type": "unet", **UNetConfig fields}``, ``{"type": "mlp", **ToyMLPConfig
+    fields}`` or ``{"type": "resunet", **resunet.ResUNetConfig fields}``. For the UNet,
+    ``"preset": name`` starts from ``UNET_PRESETS[name]`` and any other keys override it,
+    e.g. ``{"type": "unet", "preset": "mnist", "dropout": 0.0}``.
     """
     spec = dict(spec)
     kind = spec.pop("type", None)
@@ -436,3 +442,8 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 def count_parameters(model: nn.Module) -> int:
     """Total number of parameter elements in ``model`` (trainable or not)."""
     return sum(p.numel() for p in model.parameters())
+
+
+# The benchmark network (the denoising-diffusion-pytorch layout) builds on the helpers above;
+# importing its module last registers it in _MODEL_TYPES as "resunet".
+from . import resunet as _resunet  # noqa: E402, F401

@@ -26,6 +26,7 @@ from .data import IMAGE_SHAPES, TOY_DATASETS, canonical_name, holdout_split, loa
 from .data import toy_dataset as make_toy_dataset
 from .diffusion import MEAN_TYPES, GaussianDiffusion
 from .distributed import all_mean, current, gather
+from .fast import GraphedTrainStep
 from .models import build_model, model_spec
 from .schedules import get_beta_schedule
 from .utils import get_device
@@ -65,6 +66,7 @@ class TrainConfig:
     channels_last: bool = False  # GPU fast path: NHWC layout for the convolutions
     compile: bool = False  # GPU fast path: torch.compile the network
     compile_mode: str | None = None  # e.g. "reduce-overhead" (CUDA graphs) for small models
+    cuda_graph: bool = False  # GPU fast path: the whole update as one CUDA graph (fast.py)
     seed: int = 0
     log_every: int = 100
     save_every: int = 1000
@@ -88,6 +90,12 @@ class TrainConfig:
             )
         if self.holdout < 0 or self.warmup < 0 or self.grad_clip < 0:
             raise ValueError("holdout, warmup and grad_clip must be non-negative")
+        if self.cuda_graph and self.compile_mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(
+                f"cuda_graph captures the whole training step in one CUDA graph, and "
+                f"compile_mode={self.compile_mode!r} would capture graphs inside it: use "
+                "compile_mode=None (or 'max-autotune-no-cudagraphs') with cuda_graph"
+            )
         name = self.dataset.lower()
         if name not in TOY_DATASETS:
             canonical_name(name)  # raises with the valid names
@@ -168,6 +176,11 @@ class Trainer:
         if self.dist.enabled and device is None and torch.cuda.is_available():
             device = f"cuda:{self.dist.local_rank}"
         self.device = get_device(str(device) if device is not None else None)
+        if config.cuda_graph and self.dist.enabled:
+            raise ValueError(
+                "cuda_graph is for one process; under torchrun train without --cuda-graph "
+                "(DistributedDataParallel's gradient all-reduce is not captured)"
+            )
         if config.batch_size % self.dist.world_size:
             raise ValueError(
                 f"batch_size {config.batch_size} must be divisible by the number of processes "
@@ -203,7 +216,11 @@ class Trainer:
         )
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
+            self.model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=fused,
+            capturable=fused and config.cuda_graph,
         )
         rank_seed = config.seed + 10_007 * self.dist.rank
         self.data_gen = torch.Generator(self.device).manual_seed(rank_seed)
@@ -213,6 +230,7 @@ class Trainer:
         self.history: dict[str, list[float]] = {"step": [], "loss": []}
         self.out_dir = Path(config.out_dir)
         self.last_checkpoint: Path | None = None
+        self.graphed = GraphedTrainStep(self) if config.cuda_graph else None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -249,6 +267,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.graphed is not None:  # new optimizer-state tensors: capture again
+            self.graphed = GraphedTrainStep(self)
         self.step = int(ckpt["step"])
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
         self.history = {k: list(v) for k, v in ckpt["history"].items()}
@@ -320,17 +340,34 @@ class Trainer:
 
     def train_step(self) -> Tensor:
         """One optimizer step on a batch drawn with replacement; returns the loss (on device)."""
+        if self.graphed is not None:
+            loss = self.graphed()
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr()
+            loss = self._update(1.0 - self.ema_decay())
+        self.step += 1
+        # A copy: with CUDA graphs the next replay reuses the output's memory.
+        return loss.clone()
+
+    def _update(self, ema_weight: float | Tensor, cache_casts: bool = True) -> Tensor:
+        """Algorithm 1 once: draw x_0, t and ε, take L_simple's gradient, clip it, step AdamW
+        and move the EMA a fraction ``ema_weight`` towards the new weights; the loss, detached.
+
+        ``ema_weight`` is a float, or a 0-d tensor when the step is captured in a CUDA graph
+        (``fast.GraphedTrainStep``), which also turns off autocast's cache of cast weights.
+        """
         cfg = self.config
         idx = torch.randint(
             len(self.data), (self.local_batch,), device=self.device, generator=self.data_gen
         )
         x0 = self.data[idx]
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr()
         self.model.train()
-        if cfg.compile:  # a new iteration for compile's CUDA-graph trees (reduce-overhead)
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        if cfg.compile and cfg.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration for CUDA-graph trees
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16, cache_enabled=cache_casts
+        ):
             loss = self.diffusion.training_loss(self.net, x0, generator=self.noise_gen).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -340,10 +377,13 @@ class Trainer:
         with torch.no_grad():
             ema_params = list(self.ema.parameters())
             params = [p.detach() for p in self.model.parameters()]
-            torch._foreach_lerp_(ema_params, params, 1.0 - self.ema_decay())
-        self.step += 1
-        # A copy: with CUDA graphs the next replay reuses the output's memory.
-        return loss.detach().clone()
+            if isinstance(ema_weight, Tensor):  # ema += w (θ - ema), w read on the device
+                delta = torch._foreach_sub(params, ema_params)
+                torch._foreach_mul_(delta, ema_weight)
+                torch._foreach_add_(ema_params, delta)
+            else:
+                torch._foreach_lerp_(ema_params, params, ema_weight)
+        return loss.detach()
 
     def _check_losses(self, losses: list[Tensor], first_step: int) -> float:
         """Mean of a window of losses; raises at the first non-finite one (one host sync)."""

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from ddpm_lib.checkpoint import load_checkpoint
 from ddpm_lib.cli import main
 
 
@@ -126,3 +127,11 @@ def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "data_batch_1" in err and str(tmp_path) in err
+
+
+def test_cuda_graph_flag_reaches_the_training_config(tmp_path):
+    # On a CPU the graphed step runs eagerly; the flag must still be recorded in the checkpoint.
+    args = ["train", "--dataset", "moons", "--num-timesteps", "50", "--steps", "4"]
+    args += ["--batch-size", "16", "--cuda-graph", "--out-dir", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["cuda_graph"] is True

@@ -23,14 +23,7 @@ from ddpm_lib.models import (
     timestep_embedding,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny; on a shared 2-core machine thread contention costs more than it saves.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: 1 thread is faster
 
 
 def _unzero(model: nn.Module) -> nn.Module:
@@ -216,7 +209,7 @@ def test_non_positive_size_is_rejected():
 
 
 def test_unknown_model_type_lists_valid_types():
-    with pytest.raises(ValueError, match=r"unknown model type 'vit'.*\['mlp', 'unet'\]"):
+    with pytest.raises(ValueError, match=r"unknown model type 'vit'.*\['mlp', 'resunet', 'unet'\]"):
         build_model({"type": "vit"})
 
 
