@@ -279,25 +279,17 @@ def peer_sampler(kind: str, net, diff, bf16: bool):
 
 
 # ----------------------------------------------------------------------------- ours
-def ours_trainer(
-    kind: str,
-    batch: int,
-    fast: bool,
-    compile_mode: str | None = None,
-    cuda_graph: bool | None = None,
-    bf16: bool | None = None,
-) -> Trainer:
-    """Our Trainer on random data of the config's shape; ``fast`` turns on the GPU fast path."""
-    on_gpu = DEVICE == "cuda"
+def ours_trainer(kind: str, batch: int, fast: bool, cuda_graph: bool | None = None) -> Trainer:
+    """Our Trainer on fixed random data of the config's shape; ``fast`` turns on the GPU fast
+    path, whose CUDA graph of the whole step ``cuda_graph`` may switch on or off alone."""
     cfg = TrainConfig(
         dataset="mnist" if kind == "hf_course_mnist" else "cifar10",
         model=our_spec(kind),
         batch_size=batch,
         steps=10**9,
-        bf16=fast if bf16 is None else bf16,
+        bf16=fast,
         channels_last=fast,
-        compile=fast and on_gpu,
-        compile_mode=compile_mode,
+        compile=fast and DEVICE == "cuda",
         cuda_graph=fast if cuda_graph is None else cuda_graph,
         out_dir="/tmp/bench_unused",
     )

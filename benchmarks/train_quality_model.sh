@@ -22,25 +22,22 @@ export PYTHONPATH=${PYTHONPATH:-.}:.
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 fast=(--bf16 --channels-last --compile --cuda-graph)
-samplers=ddpm-1000
+bf16=(--bf16)
+timesteps=1000
 if [[ -n "${SMOKE:-}" ]]; then  # CPU: no compile, no bf16, a 10-step schedule
   fast=(--cuda-graph)
-  samplers=ddpm-10
+  bf16=()
+  timesteps=10
 fi
-steps=1000000
-timesteps=1000
-[[ -n "${SMOKE:-}" ]] && timesteps=10
 ${PYTHON:-python3} -m ddpm_lib train --dataset fashion_mnist --data-root "$DATA" --preset mnist \
   --num-timesteps "$timesteps" --schedule linear --lr 4e-4 --warmup 1000 --grad-clip 1.0 \
-  --ema-decay 0.9995 --batch-size "$BATCH" --steps "$steps" "${fast[@]}" \
+  --ema-decay 0.9995 --batch-size "$BATCH" --steps 1000000 "${fast[@]}" \
   --log-every 1000 --save-every 5000 --time-limit "$MINUTES" --no-progress \
   --out-dir "$WORK" > "$OUT/train.log" 2>&1
 ${PYTHON:-python3} -m ddpm_lib export --checkpoint "$WORK/last.pt" --out "$OUT/fashion_mnist_large.pt" \
   >> "$OUT/train.log" 2>&1
-bf16=(--bf16)
-[[ -n "${SMOKE:-}" ]] && bf16=()
 ${PYTHON:-python3} -m ddpm_lib evaluate --checkpoint "$OUT/fashion_mnist_large.pt" --data-root "$DATA" \
-  --n "$N" --samplers "$samplers" --elbo-n 0 --batch-size 2500 "${bf16[@]}" \
+  --n "$N" --samplers "ddpm-$timesteps" --elbo-n 0 --batch-size 2500 "${bf16[@]}" \
   --out "$OUT/quality_fashion_mnist_large.json" --grids "$OUT" --no-progress \
   > "$OUT/evaluate.log" 2>&1
 echo done > "$OUT/DONE"

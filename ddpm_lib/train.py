@@ -2,7 +2,9 @@
 
 ``Trainer(config).run()`` trains; ``Trainer.from_checkpoint(path).run()`` continues a run that
 stopped (or was killed) at its last checkpoint and reproduces the uninterrupted run exactly:
-the checkpoint holds the model, EMA, optimizer, step and every random generator state.
+the checkpoint holds the model, EMA, optimizer, step and every random generator state. (Bitwise
+so where the kernels are deterministic; a multi-threaded CPU BLAS may round differently from
+run to run, which the tests avoid by using one thread.)
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from .schedules import get_beta_schedule
 from .utils import get_device
 
 Tensor = torch.Tensor
+
+# torch.compile modes that record CUDA graphs of their own (CUDA-graph trees).
+GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 # Changing any of these between a checkpoint and a resumed run changes what is trained.
 IDENTITY_KEYS = ("dataset", "split", "holdout", "model", "schedule", "num_timesteps", "mean_type")
@@ -90,7 +95,7 @@ class TrainConfig:
             )
         if self.holdout < 0 or self.warmup < 0 or self.grad_clip < 0:
             raise ValueError("holdout, warmup and grad_clip must be non-negative")
-        if self.cuda_graph and self.compile_mode in ("reduce-overhead", "max-autotune"):
+        if self.cuda_graph and self.compile_mode in GRAPHING_COMPILE_MODES:
             raise ValueError(
                 f"cuda_graph captures the whole training step in one CUDA graph, and "
                 f"compile_mode={self.compile_mode!r} would capture graphs inside it: use "
@@ -363,7 +368,7 @@ class Trainer:
         )
         x0 = self.data[idx]
         self.model.train()
-        if cfg.compile and cfg.compile_mode == "reduce-overhead":
+        if cfg.compile and cfg.compile_mode in GRAPHING_COMPILE_MODES:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration for CUDA-graph trees
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16, cache_enabled=cache_casts
