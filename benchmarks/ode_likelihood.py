@@ -28,7 +28,8 @@ from ddpm_lib.utils import get_device  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--checkpoints", default="mnist,fashion_mnist,fashion_mnist_fast,toy_gmm")
+    checkpoints = "mnist,fashion_mnist,fashion_mnist_fast,fashion_mnist_large,toy_gmm"
+    p.add_argument("--checkpoints", default=checkpoints)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--check-n", type=int, default=100)
     p.add_argument("--device", default=None)
@@ -38,13 +39,13 @@ def main() -> None:
     for name in args.checkpoints.split(","):
         start = time.perf_counter()
         toy = name.startswith("toy")
-        clf = None if toy else find_checkpoint(f"classifier_{name.removesuffix('_fast')}")
 
-        def run(n: int, steps: int, name: str = name, clf: Path | None = clf) -> dict:
-            # n=8 and no samplers: only the ODE part of evaluate_checkpoint does real work here.
+        def run(n: int, steps: int, name: str = name) -> dict:
+            # n=8 and no samplers: only the ODE part of evaluate_checkpoint does real work here;
+            # the feature classifier is the checkpoint's dataset's shipped one.
             r = evaluate_checkpoint(
-                find_checkpoint(name), n=8, samplers=(), elbo_n=0, classifier=clf,
-                device=device, progress=False, ode_n=n, ode_steps=steps,
+                find_checkpoint(name), n=8, samplers=(), elbo_n=0, device=device,
+                progress=False, ode_n=n, ode_steps=steps,
             )  # fmt: skip
             return r["ode_likelihood"]
 
