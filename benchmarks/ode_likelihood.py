@@ -28,7 +28,8 @@ from ddpm_lib.utils import get_device  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", type=Path, required=True)
-    checkpoints = "mnist,fashion_mnist,fashion_mnist_fast,fashion_mnist_large,toy_gmm"
+    checkpoints = "mnist,fashion_mnist,fashion_mnist_fast,fashion_mnist_hybrid,fashion_mnist_large"
+    checkpoints += ",toy_gmm"
     p.add_argument("--checkpoints", default=checkpoints)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--check-n", type=int, default=100)

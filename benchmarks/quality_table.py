@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
-ORDER = ("mnist", "fashion_mnist", "fashion_mnist_fast", "fashion_mnist_large", "toy_gmm")
+ORDER = (
+    "mnist",
+    "fashion_mnist",
+    "fashion_mnist_fast",
+    "fashion_mnist_hybrid",
+    "fashion_mnist_large",
+    "toy_gmm",
+)
 SAMPLERS = ("ddpm-1000", "ddim-100", "ddim-50")
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .checkpoint import CheckpointError, export_release, load_checkpoint, load_model
 from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
-from .diffusion import MEAN_TYPES
+from .diffusion import MEAN_TYPES, VAR_TYPES
 from .distributed import DistInfo, cleanup, setup_distributed
 from .models import UNET_PRESETS
 from .pretrained import diffusion_for
@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--schedule", choices=sorted(SCHEDULES), help="beta schedule")
     tr.add_argument("--num-timesteps", type=_positive_int, help="T (default 1000)")
     tr.add_argument("--mean-type", choices=MEAN_TYPES, help="what the network predicts")
+    tr.add_argument(
+        "--var-type",
+        choices=VAR_TYPES,
+        help="reverse-step variance (default fixed_small); learned_range: the network learns it "
+        "on the hybrid loss (twice the output channels)",
+    )
     tr.add_argument("--steps", type=_positive_int, help="total optimizer steps")
     tr.add_argument("--batch-size", type=_positive_int, help="images per step")
     tr.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-4)")

@@ -1,7 +1,8 @@
 """The Gaussian diffusion maths: forward process, posterior, parameterizations, reverse step.
 
 No network lives here: every method that needs one takes ``model`` as an argument, called as
-``model(x_t, t)`` and returning a tensor shaped like ``x_t``.
+``model(x_t, t)`` and returning a tensor shaped like ``x_t`` (twice the channels when the
+variance is learned: ``model_var_type="learned_range"``).
 
 Index convention. The book counts diffusion steps t = 1..T. Code uses 0-based indices: the
 integer tensor ``t`` holds values in 0..T-1 and code index i is the book's step i+1. So
@@ -26,7 +27,14 @@ Tensor = torch.Tensor
 Model = Callable[[Tensor, Tensor], Tensor]
 
 MEAN_TYPES = ("eps", "x0", "v")
-VAR_TYPES = ("fixed_small", "fixed_large")
+VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
+# Weight λ of L_vlb in the hybrid loss L_simple + λ L_vlb (Nichol & Dhariwal 2021).
+HYBRID_VLB_WEIGHT = 0.001
+
+
+def _capturing(x: Tensor) -> bool:
+    """True while ``x``'s CUDA stream is being captured into a graph: no host reads allowed."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 class GaussianDiffusion:
@@ -36,7 +44,10 @@ class GaussianDiffusion:
         betas: [T] schedule, every entry in (0, 1).
         model_mean_type: what the network predicts: "eps" (ε, DDPM), "x0" or "v" (Chapter 4).
         model_var_type: reverse-step variance: "fixed_small" is the posterior variance β̃_t,
-            "fixed_large" is β_t (Chapter 3 compares the two).
+            "fixed_large" is β_t (Chapter 3 compares the two); "learned_range" lets the network
+            choose per pixel between the two on a log scale (Nichol & Dhariwal 2021): it then
+            returns twice the channels, [ε̂ (or x̂_0, v̂) | ν] with ν in [-1, 1] read as
+            log σ_t² = ½(1+ν) log β_t + ½(1-ν) log β̃_t, and is trained on the hybrid loss.
     """
 
     def __init__(
@@ -52,10 +63,12 @@ class GaussianDiffusion:
         if model_var_type not in VAR_TYPES:
             raise ValueError(
                 f"unknown model_var_type {model_var_type!r}; choose one of {VAR_TYPES} "
-                "(fixed_small = posterior variance β̃_t, fixed_large = β_t)"
+                "(fixed_small = posterior variance β̃_t, fixed_large = β_t, learned_range = "
+                "the network interpolates between the two)"
             )
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
+        self.learned_variance = model_var_type == "learned_range"
 
         betas = check_betas(betas)
         self.num_timesteps = int(betas.shape[0])
@@ -86,6 +99,7 @@ class GaussianDiffusion:
         )
         # fixed_large uses β_t, with β̃_2 in place of β_1 for the same reason as above.
         self.large_variance = torch.cat([first.reshape(1), betas[1:]])
+        self.log_betas = torch.log(betas)  # the upper end of learned_range
         self._cache: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -105,6 +119,8 @@ class GaussianDiffusion:
                 f"t must have shape [B] = [{x.shape[0]}] (one step per image), "
                 f"got shape {tuple(t.shape)}"
             )
+        if _capturing(t):
+            return t  # reading t back would break a CUDA-graph capture (checked in warm-up)
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
             raise ValueError(
                 f"t holds 0-based step indices and must lie in [0, {self.num_timesteps - 1}] "
@@ -232,22 +248,71 @@ class GaussianDiffusion:
             + self._extract("sqrt_alphas_cumprod", t, x_t) * v
         )
 
-    def model_predictions(self, model: Model, x_t: Tensor, t: Tensor | int) -> dict[str, Tensor]:
-        """Run the network once and express its output as both ε̂ and x̂_0 (unclipped)."""
-        t = self.check_t(t, x_t)
-        out = model(x_t, t)
+    def split_output(self, out: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The network output as (mean part shaped like x_t, variance part ν or None).
+
+        With ``model_var_type="learned_range"`` the output has 2C channels: the first C
+        predict ε, x_0 or v (``model_mean_type``), the last C the variance interpolation ν.
+        """
+        if self.learned_variance:
+            want = (x_t.shape[0], 2 * x_t.shape[1], *x_t.shape[2:])
+            if tuple(out.shape) != want:
+                raise ValueError(
+                    f"the model returned shape {tuple(out.shape)} for input "
+                    f"{tuple(x_t.shape)}; with model_var_type='learned_range' it must return "
+                    f"{want} (twice the channels: the prediction and the variance), e.g. a "
+                    "UNet with out_channels = 2 × in_channels"
+                )
+            mean_out, nu = out.chunk(2, dim=1)
+            return mean_out, nu
         if out.shape != x_t.shape:
             raise ValueError(
                 f"the model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; "
                 "it must predict a tensor shaped like x_t"
             )
+        return out, None
+
+    def mean_model(self, model: Model) -> Model:
+        """``model`` restricted to its mean part (ε̂, x̂_0 or v̂), shaped like x_t.
+
+        The samplers and likelihoods that need no variance (DDIM, the probability-flow ODE)
+        call a learned-variance network through this.
+        """
+        if not self.learned_variance:
+            return model
+
+        def mean_part(x_t: Tensor, t: Tensor) -> Tensor:
+            return self.split_output(model(x_t, t), x_t)[0]
+
+        return mean_part
+
+    def learned_log_variance(self, nu: Tensor, t: Tensor, x_t: Tensor) -> Tensor:
+        """log σ_t² = ½(1+ν) log β_t + ½(1-ν) log β̃_t (learned_range), shaped like ν.
+
+        ν = 1 gives β_t (fixed_large), ν = -1 gives β̃_t (fixed_small, with β̃_2 at step 1).
+        """
+        frac = (nu + 1) / 2
+        return frac * self._extract("log_betas", t, x_t) + (1 - frac) * self._extract(
+            "posterior_log_variance_clipped", t, x_t
+        )
+
+    def model_predictions(self, model: Model, x_t: Tensor, t: Tensor | int) -> dict[str, Tensor]:
+        """Run the network once and express its output as both ε̂ and x̂_0 (unclipped).
+
+        For a learned-variance network its variance output ν is returned too, as "var_values".
+        """
+        t = self.check_t(t, x_t)
+        out, nu = self.split_output(model(x_t, t), x_t)
         if self.model_mean_type == "eps":
             eps, x0 = out, self.predict_x0_from_eps(x_t, t, out)
         elif self.model_mean_type == "x0":
             eps, x0 = self.predict_eps_from_x0(x_t, t, out), out
         else:
             eps, x0 = self.predict_eps_from_v(x_t, t, out), self.predict_x0_from_v(x_t, t, out)
-        return {"eps": eps, "pred_x0": x0}
+        pred = {"eps": eps, "pred_x0": x0}
+        if nu is not None:
+            pred["var_values"] = nu
+        return pred
 
     # ------------------------------------------------------------ reverse process
     def p_mean_variance(
@@ -262,12 +327,19 @@ class GaussianDiffusion:
 
         μ_θ is the posterior mean μ̃_t(x̂_0, x_t) with x̂_0 from the network (clipped to [-1, 1]
         when ``clip_denoised``). Without clipping and with an ε-model this equals
-        (x_t - β_t/√(1-ᾱ_t) ε̂)/√α_t. ``variance`` overrides the instance's model_var_type.
+        (x_t - β_t/√(1-ᾱ_t) ε̂)/√α_t. ``variance`` overrides the instance's model_var_type
+        (a learned-variance network may be run with a fixed variance, not the reverse).
         Returns mean, variance, log_variance, pred_x0 and eps, each shaped like x_t.
         """
         var_type = variance or self.model_var_type
         if var_type not in VAR_TYPES:
             raise ValueError(f"unknown variance {var_type!r}; choose one of {VAR_TYPES}")
+        if var_type == "learned_range" and not self.learned_variance:
+            raise ValueError(
+                "variance='learned_range' needs a network that outputs a variance: build the "
+                "diffusion with model_var_type='learned_range' for such a network, or use "
+                "fixed_small / fixed_large"
+            )
         t = self.check_t(t, x_t)
         pred = self.model_predictions(model, x_t, t)
         x0 = pred["pred_x0"]
@@ -277,9 +349,12 @@ class GaussianDiffusion:
         if var_type == "fixed_small":
             var = self._extract("posterior_variance", t, x_t)
             log_var = self._extract("posterior_log_variance_clipped", t, x_t)
-        else:
+        elif var_type == "fixed_large":
             var = self._extract("large_variance", t, x_t)
             log_var = var.log()
+        else:
+            log_var = self.learned_log_variance(pred["var_values"], t, x_t)
+            var = log_var.exp()
         return {
             "mean": mean,
             "variance": var.expand_as(x_t),
@@ -334,6 +409,13 @@ class GaussianDiffusion:
         Draws t uniformly from 0..T-1 and ε ~ N(0, I) unless given, forms x_t by
         :meth:`q_sample`, and returns the mean squared error between the network's output
         and its target: ε, x_0 or v according to ``model_mean_type``.
+
+        With ``model_var_type="learned_range"`` it returns the hybrid loss of Nichol & Dhariwal
+        (2021), L_simple + λ T L_t with λ = ``HYBRID_VLB_WEIGHT`` = 0.001: T L_t (L_t the
+        ELBO term of step t in bits/dim, :func:`losses.vb_term_bpd`) is an unbiased estimate of
+        L_vlb = Σ_t L_t over uniform t. L_t sees the predicted mean with its gradient stopped,
+        so the mean learns from L_simple alone and the variance from L_vlb alone. x0 must lie
+        on the 8-bit grid (the decoder term L_0 is a discretized likelihood).
         """
         b = x0.shape[0]
         if t is None:  # drawn here, so valid: skipping the range check avoids a host sync
@@ -343,16 +425,18 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self._q_sample(x0, t, self._noise_like(x0, noise))
-        out = model(x_t, t)
+        out, nu = self.split_output(model(x_t, t), x_t)
         if self.model_mean_type == "eps":
             target = noise
         elif self.model_mean_type == "x0":
             target = x0
         else:
             target = self.get_v(x0, noise, t)
-        if out.shape != target.shape:
-            raise ValueError(
-                f"the model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; "
-                "it must predict a tensor shaped like x_t"
-            )
-        return (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        loss = (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        if nu is None:
+            return loss
+        from .losses import vb_term_bpd
+
+        frozen = torch.cat([out.detach(), nu], dim=1).float()
+        vb = vb_term_bpd(self, lambda *_: frozen, x0.float(), x_t.float(), t)
+        return loss + HYBRID_VLB_WEIGHT * self.num_timesteps * vb

@@ -355,7 +355,7 @@ def _ode_likelihood(
         return {"note": f"no exact density for {dataset}; only the mixture has one"}
     x = toy_dataset(dataset, n, torch.Generator().manual_seed(seed + 3)).to(device)
     sde = DiscreteVPSDE(diffusion.betas)
-    score = eps_model_score_fn(sde, model, diffusion.num_timesteps)
+    score = eps_model_score_fn(sde, diffusion.mean_model(model), diffusion.num_timesteps)
     out = ode_log_likelihood(sde, score, x, steps, 1.0 / diffusion.num_timesteps, progress=progress)
     ll, exact = out["log_likelihood"].cpu(), default_gmm().log_prob(x.cpu()).double()
     return {

@@ -49,6 +49,10 @@ class StepTables:
     posterior_mean_coef1: Tensor
     posterior_mean_coef2: Tensor
     sigma: Tensor  # reverse std; 0 at code index 0 (no noise on the last step)
+    # learned_range only: the two ends of log σ_t² and the 0/1 noise mask (0 at code index 0)
+    log_betas: Tensor | None = None
+    log_posterior_variance: Tensor | None = None
+    nonzero: Tensor | None = None
 
     @classmethod
     def build(
@@ -60,6 +64,10 @@ class StepTables:
                 f"model_mean_type={diffusion.model_mean_type!r}"
             )
         var_type = variance or diffusion.model_var_type
+        if var_type == "learned_range" and not diffusion.learned_variance:
+            raise ValueError(
+                "variance='learned_range' needs a diffusion with model_var_type='learned_range'"
+            )
         var = diffusion.posterior_variance if var_type == "fixed_small" else diffusion.betas
         sigma = var.sqrt().clone()
         sigma[0] = 0.0
@@ -67,13 +75,27 @@ class StepTables:
         def dev(x: Tensor) -> Tensor:
             return x.to(device=device, dtype=torch.float32)
 
+        learned: dict[str, Tensor] = {}
+        if var_type == "learned_range":
+            nonzero = torch.ones_like(sigma)
+            nonzero[0] = 0.0
+            learned = {
+                "log_betas": dev(diffusion.log_betas),
+                "log_posterior_variance": dev(diffusion.posterior_log_variance_clipped),
+                "nonzero": dev(nonzero),
+            }
         return cls(
             dev(diffusion.sqrt_recip_alphas_cumprod),
             dev(diffusion.sqrt_recipm1_alphas_cumprod),
             dev(diffusion.posterior_mean_coef1),
             dev(diffusion.posterior_mean_coef2),
             dev(sigma),
+            **learned,
         )
+
+    @property
+    def learned_variance(self) -> bool:
+        return self.nonzero is not None
 
 
 def ddpm_step(
@@ -81,7 +103,9 @@ def ddpm_step(
 ) -> Tensor:
     """x_t → x_{t-1} = μ̃(x̂_0, x_t) + σ_t z with x̂_0 = x_t/√ᾱ_t - √(1/ᾱ_t - 1) ε_θ (Chapter 4).
 
-    ``i`` is a 0-d int64 tensor (code index, on x's device): nothing leaves the device.
+    ``i`` is a 0-d int64 tensor (code index, on x's device): nothing leaves the device. With
+    learned_range tables the network returns [ε̂ | ν] and σ_t² = exp(½(1+ν) log β_t +
+    ½(1-ν) log β̃_t), as in ``GaussianDiffusion.learned_log_variance``.
     """
 
     def at(table: Tensor) -> Tensor:
@@ -89,11 +113,19 @@ def ddpm_step(
         return table.index_select(0, i.reshape(1)).reshape([1] * x.ndim)
 
     eps = model(x, i.expand(x.shape[0])).float()
+    if tables.learned_variance:
+        eps, nu = eps.chunk(2, dim=1)
     x0 = at(tables.sqrt_recip_alphas_cumprod) * x - at(tables.sqrt_recipm1_alphas_cumprod) * eps
     if clip:
         x0 = x0.clamp(-1.0, 1.0)
     mean = at(tables.posterior_mean_coef1) * x0 + at(tables.posterior_mean_coef2) * x
-    return mean + at(tables.sigma) * noise
+    if not tables.learned_variance:
+        return mean + at(tables.sigma) * noise
+    assert tables.log_betas is not None and tables.log_posterior_variance is not None
+    assert tables.nonzero is not None
+    frac = (nu + 1) / 2
+    log_var = frac * at(tables.log_betas) + (1 - frac) * at(tables.log_posterior_variance)
+    return mean + at(tables.nonzero) * (0.5 * log_var).exp() * noise
 
 
 class GraphedSampler:

@@ -310,7 +310,7 @@ def ode_bits_per_dim(
 
     sde = DiscreteVPSDE(diffusion.betas)
     T = diffusion.num_timesteps
-    score = eps_model_score_fn(sde, model, T)
+    score = eps_model_score_fn(sde, diffusion.mean_model(model), T)
     gen = torch.Generator(device).manual_seed(seed)
     dims = x0[0].numel()
     bpd = []

@@ -71,9 +71,12 @@ def download_checkpoint(name: str, timeout: float = 30.0) -> Path | None:
 
 
 def diffusion_for(config: dict[str, Any]) -> GaussianDiffusion:
-    """The GaussianDiffusion a training config describes (schedule, T, parameterization)."""
+    """The GaussianDiffusion a training config describes (schedule, T, parameterization).
+
+    Configs written before ``var_type`` existed mean the fixed posterior variance.
+    """
     betas = get_beta_schedule(config["schedule"], config["num_timesteps"])
-    return GaussianDiffusion(betas, config["mean_type"])
+    return GaussianDiffusion(betas, config["mean_type"], config.get("var_type", "fixed_small"))
 
 
 @dataclass

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_checkpoint
 from .data import IMAGE_SHAPES, TOY_DATASETS, canonical_name, holdout_split, load_image_dataset
 from .data import toy_dataset as make_toy_dataset
-from .diffusion import MEAN_TYPES, GaussianDiffusion
+from .diffusion import MEAN_TYPES, VAR_TYPES, GaussianDiffusion
 from .distributed import all_mean, current, gather
 from .fast import GraphedTrainStep
 from .models import build_model, model_spec
@@ -39,7 +39,9 @@ Tensor = torch.Tensor
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 # Changing any of these between a checkpoint and a resumed run changes what is trained.
-IDENTITY_KEYS = ("dataset", "split", "holdout", "model", "schedule", "num_timesteps", "mean_type")
+IDENTITY_KEYS = (
+    "dataset", "split", "holdout", "model", "schedule", "num_timesteps", "mean_type", "var_type"
+)  # fmt: skip
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,6 +62,8 @@ class TrainConfig:
     schedule: str = "linear"
     num_timesteps: int = 1000
     mean_type: str = "eps"
+    # "learned_range": the network also outputs its variance, trained on the hybrid loss
+    var_type: str = "fixed_small"
     steps: int = 10_000
     batch_size: int = 128
     lr: float = 2e-4
@@ -89,6 +93,13 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.mean_type not in MEAN_TYPES:
             raise ValueError(f"mean_type must be one of {MEAN_TYPES}, got {self.mean_type!r}")
+        if self.var_type not in VAR_TYPES:
+            raise ValueError(f"var_type must be one of {VAR_TYPES}, got {self.var_type!r}")
+        if self.var_type == "learned_range" and self.dataset.lower() in TOY_DATASETS:
+            raise ValueError(
+                "var_type='learned_range' trains on the hybrid loss, whose decoder term L_0 is a "
+                "likelihood of 8-bit images; the 2-D toy data is continuous: use fixed_small"
+            )
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(
                 f"time_limit must be a positive number of minutes, got {self.time_limit}"
@@ -134,6 +145,31 @@ def load_training_data(config: TrainConfig) -> tuple[Tensor, str]:
     if config.holdout:
         note += f" ({config.holdout} held out by holdout_split(seed=0))"
     return data.to_model_range(), note
+
+
+def with_variance_channels(spec: dict[str, Any], var_type: str) -> dict[str, Any]:
+    """``spec`` with out_channels = 2 × in_channels when the variance is learned.
+
+    A learned-variance network returns [prediction | v] (``GaussianDiffusion.split_output``).
+    An explicit out_channels must already be 2 × in_channels.
+    """
+    if var_type != "learned_range":
+        return spec
+    cfg = getattr(build_model(spec), "config", None)  # resolves presets
+    if not hasattr(cfg, "out_channels"):
+        raise ValueError(
+            f"var_type='learned_range' needs a network with an out_channels setting (type "
+            f"'unet'); model type {spec.get('type')!r} predicts only the mean"
+        )
+    want = 2 * cfg.in_channels
+    if cfg.out_channels is None:
+        return {**spec, "out_channels": want}
+    if cfg.out_channels != want:
+        raise ValueError(
+            f"var_type='learned_range' needs out_channels = 2 × in_channels = {want} "
+            f"(prediction and variance), got out_channels={cfg.out_channels}: drop it or set {want}"
+        )
+    return spec
 
 
 def _check_data_fits_model(data: Tensor, spec: dict[str, Any], dataset: str) -> None:
@@ -196,6 +232,10 @@ class Trainer:
             data, self.data_note = load_training_data(config)
         else:
             self.data_note = f"{len(data)} items given directly"
+        if model is None:
+            config = dataclasses.replace(
+                config, model=with_variance_channels(config.model, config.var_type)
+            )
         _check_data_fits_model(data, config.model, config.dataset)
         # A distributed sampler: rank r trains on the disjoint shard r, r + W, r + 2W, ...
         # Held on the device: MNIST-size sets fit, and batches are then gathered there.
@@ -217,7 +257,9 @@ class Trainer:
         self.config = config
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.diffusion = GaussianDiffusion(
-            get_beta_schedule(config.schedule, config.num_timesteps), config.mean_type
+            get_beta_schedule(config.schedule, config.num_timesteps),
+            config.mean_type,
+            config.var_type,
         )
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(

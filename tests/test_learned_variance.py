@@ -1,0 +1,236 @@
+"""Specification of the learned variance (model_var_type="learned_range") and the hybrid loss.
+
+Nichol & Dhariwal (2021): the network returns [prediction | ν], ν in [-1, 1] sets
+log σ_t² = ½(1+ν) log β_t + ½(1-ν) log β̃_t, and it trains on L_simple + λ T L_t with the mean's
+gradient stopped in L_t. Exact identities are checked in float64 (tolerance: a few roundings,
+1e-12); network comparisons in float32 (1e-5, as in test_fast).
+"""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ddpm_lib.checkpoint import load_checkpoint
+from ddpm_lib.cli import main
+from ddpm_lib.diffusion import HYBRID_VLB_WEIGHT, GaussianDiffusion
+from ddpm_lib.fast import StepTables, ddpm_step
+from ddpm_lib.losses import elbo_bpd, vb_term_bpd
+from ddpm_lib.models import UNET_PRESETS, UNet
+from ddpm_lib.pretrained import diffusion_for
+from ddpm_lib.samplers import ddim_sample_loop
+from ddpm_lib.schedules import linear_beta_schedule
+from ddpm_lib.train import TrainConfig, Trainer, with_variance_channels
+
+F64 = dict(rtol=1e-12, atol=1e-12)
+F32 = dict(rtol=1e-5, atol=1e-5)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def learned(T: int = 1000) -> GaussianDiffusion:
+    return GaussianDiffusion(linear_beta_schedule(T), "eps", "learned_range")
+
+
+def random_unet(out_channels: int = 2) -> UNet:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(UNET_PRESETS["tiny"], out_channels=out_channels, dropout=0.0)
+    model = UNet(cfg).eval()
+    for p in model.parameters():  # zero-initialised output layers would hide differences
+        nn.init.normal_(p, std=0.05)
+    return model
+
+
+def eight_bit(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, generator=gen).double() / 127.5 - 1
+
+
+def test_learned_log_variance_spans_the_two_fixed_variances():
+    d = GaussianDiffusion(linear_beta_schedule(1000).double(), "eps", "learned_range")
+    x = torch.zeros(3, 1, 2, 2, dtype=torch.float64)
+    t = torch.tensor([0, 1, 999])
+    one = torch.ones_like(x)
+    small = d.posterior_log_variance_clipped[t].reshape(-1, 1, 1, 1).expand_as(x)
+    large = d.betas[t].log().reshape(-1, 1, 1, 1).expand_as(x)
+    torch.testing.assert_close(d.learned_log_variance(-one, t, x), small, **F64)
+    torch.testing.assert_close(d.learned_log_variance(one, t, x), large, **F64)
+    # ν = 0 is the geometric mean of the two variances
+    torch.testing.assert_close(d.learned_log_variance(0 * one, t, x), (small + large) / 2, **F64)
+
+
+def test_p_mean_variance_takes_the_mean_from_the_first_half_and_the_variance_from_the_second():
+    d_learned, d_fixed = learned(), GaussianDiffusion(linear_beta_schedule(1000))
+    eps_net = random_unet(out_channels=1)
+    nu = torch.linspace(-1, 1, 16 * 16).reshape(1, 1, 16, 16)
+
+    def net(x, t):
+        return torch.cat([eps_net(x, t), nu.expand_as(x)], dim=1)
+
+    x = torch.randn(2, 1, 16, 16)
+    t = torch.tensor([3, 700])
+    a = d_learned.p_mean_variance(net, x, t)
+    b = d_fixed.p_mean_variance(eps_net, x, t)
+    torch.testing.assert_close(a["mean"], b["mean"], **F32)
+    torch.testing.assert_close(a["log_variance"], d_learned.learned_log_variance(nu, t, x), **F32)
+    torch.testing.assert_close(a["variance"], a["log_variance"].exp(), **F32)
+
+
+def test_exact_mean_and_posterior_variance_make_every_kl_term_zero(oracle_eps):
+    # Data = one 8-bit image x*: the oracle's mean is the true posterior mean, and ν = -1 is
+    # the true posterior variance β̃_t, so L_{t-1} = KL(q || p) vanishes for t ≥ 2 (book steps).
+    d = GaussianDiffusion(linear_beta_schedule(100).double(), "eps", "learned_range")
+    x_star = eight_bit((1, 1, 4, 4))
+    oracle = oracle_eps(d, x_star)
+
+    def net(x, t):
+        return torch.cat([oracle(x, t), -torch.ones_like(x)], dim=1)
+
+    x0 = x_star.expand(5, -1, -1, -1)
+    t = torch.tensor([1, 2, 30, 70, 99])
+    x_t = d.q_sample(x0, t, torch.randn(x0.shape, dtype=torch.float64))
+    zero = torch.zeros(5, dtype=torch.float64)
+    torch.testing.assert_close(vb_term_bpd(d, net, x0, x_t, t), zero, atol=1e-10, rtol=0)
+
+    # ... while the variance at the other end, β_t, pays KL = ½(r - 1 - log r), r = β̃_t/β_t.
+    def net_large(x, s):
+        return torch.cat([oracle(x, s), torch.ones_like(x)], dim=1)
+
+    large = vb_term_bpd(d, net_large, x0, x_t, t)
+    r = d.posterior_variance[t] / d.betas[t]
+    torch.testing.assert_close(large, 0.5 * (r - 1 - r.log()) / math.log(2), **F64)
+
+
+def test_hybrid_loss_is_l_simple_plus_lambda_t_times_the_elbo_term():
+    d = learned(T=50)
+    torch.manual_seed(3)
+    x0 = eight_bit((4, 1, 16, 16)).float()
+    t = torch.tensor([0, 1, 25, 49])
+    noise = torch.randn_like(x0)
+    model = random_unet()
+    loss = d.training_loss(model, x0, t, noise)
+    x_t = d.q_sample(x0, t, noise)
+    out = model(x_t, t)
+    mse = (out[:, :1] - noise).pow(2).flatten(1).mean(1)
+    vb = vb_term_bpd(d, lambda *_: out, x0, x_t, t)
+    torch.testing.assert_close(loss, mse + HYBRID_VLB_WEIGHT * 50 * vb, **F32)
+    assert HYBRID_VLB_WEIGHT == 0.001  # λ of Nichol & Dhariwal (2021)
+
+
+def test_hybrid_loss_trains_the_mean_on_l_simple_only_and_the_variance_on_l_vlb_only():
+    d = learned(T=50)
+    torch.manual_seed(4)
+    x0 = eight_bit((3, 1, 4, 4)).float()
+    t = torch.tensor([0, 10, 40])
+    noise = torch.randn_like(x0)
+    raw = (torch.randn(3, 2, 4, 4) * 0.5).requires_grad_()
+    d.training_loss(lambda *_: raw, x0, t, noise).sum().backward()
+    # d/dε̂ of mean((ε̂ - ε)²) over D = 16 pixels is 2(ε̂ - ε)/16: nothing from L_vlb.
+    torch.testing.assert_close(raw.grad[:, :1], 2 * (raw[:, :1] - noise).detach() / 16, **F32)
+    # The variance half gets exactly the gradient of λ T L_t.
+    raw2 = raw.detach().clone().requires_grad_()
+    x_t = d.q_sample(x0, t, noise)
+    (HYBRID_VLB_WEIGHT * 50 * vb_term_bpd(d, lambda *_: raw2, x0, x_t, t)).sum().backward()
+    torch.testing.assert_close(raw.grad[:, 1:], raw2.grad[:, 1:], **F32)
+    assert raw.grad[:, 1:].abs().min() > 0
+
+
+def test_elbo_of_a_learned_variance_network_with_v_minus_one_is_the_fixed_small_elbo():
+    d_learned, d_fixed = learned(T=20), GaussianDiffusion(linear_beta_schedule(20))
+    eps_net = random_unet(out_channels=1)
+
+    def net(x, t):
+        return torch.cat([eps_net(x, t), -torch.ones_like(x)], dim=1)
+
+    x0 = eight_bit((2, 1, 16, 16)).float()
+    a = elbo_bpd(d_learned, net, x0, generator=torch.Generator().manual_seed(0), progress=False)
+    b = elbo_bpd(d_fixed, eps_net, x0, generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(a["total"], b["total"], rtol=1e-5, atol=1e-5)
+
+
+def test_fast_step_with_learned_variance_equals_p_sample():
+    d = learned()
+    model = random_unet()
+    tables = StepTables.build(d, torch.device("cpu"))
+    torch.manual_seed(1)
+    x = torch.randn(3, 1, 16, 16)
+    for i in (0, 1, 10, 500, 999):
+        z = torch.randn_like(x)
+        fast = ddpm_step(model, x, torch.tensor(i), tables, z)
+        plain = d.p_sample(model, x, i, noise=z)["sample"]
+        torch.testing.assert_close(fast, plain, **F32)
+
+
+def test_ddim_and_the_ode_score_see_only_the_mean_half():
+    d_learned, d_fixed = learned(T=100), GaussianDiffusion(linear_beta_schedule(100))
+    model = random_unet()
+    x = torch.randn(2, 1, 16, 16)
+    t = torch.tensor([5, 50])
+    torch.testing.assert_close(d_learned.mean_model(model)(x, t), model(x, t)[:, :1])
+    runs = []
+    for d, net in ((d_learned, model), (d_fixed, d_learned.mean_model(model))):
+        gen = torch.Generator().manual_seed(0)
+        runs.append(
+            ddim_sample_loop(d, net, (2, 1, 16, 16), steps=10, generator=gen, progress=False)
+        )
+    torch.testing.assert_close(runs[0], runs[1], **F32)
+
+
+def test_a_network_without_the_variance_channels_is_refused():
+    with pytest.raises(ValueError, match="twice the channels"):
+        learned().p_mean_variance(random_unet(out_channels=1), torch.randn(1, 1, 16, 16), 3)
+
+
+def test_learned_range_variance_needs_a_learned_variance_diffusion():
+    d = GaussianDiffusion(linear_beta_schedule(10))
+    x = torch.randn(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="model_var_type='learned_range'"):
+        d.p_mean_variance(random_unet(out_channels=1), x, 3, variance="learned_range")
+
+
+def test_learned_variance_doubles_the_output_channels_of_a_preset():
+    spec = with_variance_channels({"type": "unet", "preset": "tiny"}, "learned_range")
+    assert spec["out_channels"] == 2
+    assert with_variance_channels({"type": "unet", "preset": "tiny"}, "fixed_small") == {
+        "type": "unet",
+        "preset": "tiny",
+    }
+    with pytest.raises(ValueError, match="out_channels = 2 × in_channels = 2"):
+        with_variance_channels(
+            {"type": "unet", "preset": "tiny", "out_channels": 3}, "learned_range"
+        )
+    with pytest.raises(ValueError, match="predicts only the mean"):
+        with_variance_channels({"type": "mlp"}, "learned_range")
+
+
+def test_learned_variance_on_continuous_toy_data_is_refused():
+    with pytest.raises(ValueError, match="8-bit images"):
+        TrainConfig(dataset="moons", var_type="learned_range").validate()
+    with pytest.raises(ValueError, match="var_type must be one of"):
+        TrainConfig(dataset="mnist", var_type="learned").validate()
+
+
+def test_trainer_trains_a_learned_variance_network_and_its_checkpoint_restores_it(tmp_path):
+    cfg = TrainConfig(
+        dataset="mnist", model={"type": "unet", "preset": "tiny"}, var_type="learned_range",
+        num_timesteps=50, batch_size=4, steps=3, out_dir=str(tmp_path),
+    )  # fmt: skip
+    data = eight_bit((16, 1, 16, 16)).float()
+    trainer = Trainer(cfg, data=data, device="cpu")
+    assert trainer.model.config.out_channels == 2
+    trainer.run(progress=False)
+    assert all(math.isfinite(v) for v in trainer.history["loss"])
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["config"]["var_type"] == "learned_range"
+    assert diffusion_for(ckpt["config"]).learned_variance
+
+
+def test_var_type_flag_reaches_the_training_config(tmp_path):
+    args = ["train", "--dataset", "fashion_mnist", "--var-type", "learned_range"]
+    args += ["--ch", "16", "--ch-mult", "1,2", "--num-res-blocks", "1", "--attn", ""]
+    args += ["--num-groups", "8", "--num-timesteps", "20", "--steps", "2", "--batch-size", "4"]
+    args += ["--out-dir", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    config = load_checkpoint(tmp_path / "last.pt")["config"]
+    assert config["var_type"] == "learned_range" and config["model"]["out_channels"] == 2
