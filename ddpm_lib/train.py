@@ -305,7 +305,9 @@ class Trainer:
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        diff = config_mismatch(ckpt["config"], self.config.to_dict(), IDENTITY_KEYS)
+        # Keys added after a checkpoint was written (var_type) take their defaults.
+        saved = {**TrainConfig().to_dict(), **ckpt["config"]}
+        diff = config_mismatch(saved, self.config.to_dict(), IDENTITY_KEYS)
         if diff:
             raise CheckpointError(
                 f"the checkpoint's config does not match this run ({diff}); resume with the "

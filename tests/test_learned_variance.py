@@ -234,3 +234,18 @@ def test_var_type_flag_reaches_the_training_config(tmp_path):
     assert main(args) == 0
     config = load_checkpoint(tmp_path / "last.pt")["config"]
     assert config["var_type"] == "learned_range" and config["model"]["out_channels"] == 2
+
+
+def test_a_checkpoint_written_before_var_type_existed_still_resumes(tmp_path):
+    cfg = TrainConfig(
+        dataset="mnist", model={"type": "unet", "preset": "tiny"}, num_timesteps=50,
+        batch_size=4, steps=2, out_dir=str(tmp_path),
+    )  # fmt: skip
+    data = eight_bit((16, 1, 16, 16)).float()
+    Trainer(cfg, data=data, device="cpu").run(progress=False)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    del ckpt["config"]["var_type"]  # as written by earlier versions
+    assert not diffusion_for(ckpt["config"]).learned_variance
+    resumed = Trainer(cfg, data=data, device="cpu")
+    resumed.load_state_dict(ckpt)
+    assert resumed.step == 2
