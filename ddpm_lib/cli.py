@@ -16,10 +16,9 @@ import torch
 
 from .checkpoint import CheckpointError, export_release, load_checkpoint, load_model
 from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
-from .diffusion import MEAN_TYPES, VAR_TYPES
+from .diffusion import MEAN_TYPES, VAR_TYPES, diffusion_for
 from .distributed import DistInfo, cleanup, setup_distributed
 from .models import UNET_PRESETS
-from .pretrained import diffusion_for
 from .schedules import SCHEDULES
 from .train import NonFiniteLossError, TrainConfig, Trainer
 from .utils import get_device, seed_everything

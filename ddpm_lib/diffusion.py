@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from .schedules import check_betas
+from .schedules import check_betas, get_beta_schedule
+from .utils import cuda_capturing
 
 Tensor = torch.Tensor
 Model = Callable[[Tensor, Tensor], Tensor]
@@ -32,9 +33,15 @@ VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
 HYBRID_VLB_WEIGHT = 0.001
 
 
-def _capturing(x: Tensor) -> bool:
-    """True while ``x``'s CUDA stream is being captured into a graph: no host reads allowed."""
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+def learned_range_log_variance(
+    nu: Tensor, log_beta: Tensor, log_posterior_variance: Tensor
+) -> Tensor:
+    """log σ_t² = ½(1+ν) log β_t + ½(1-ν) log β̃_t: the learned_range variance (Nichol & Dhariwal).
+
+    ν = 1 gives β_t (fixed_large), ν = -1 gives β̃_t (fixed_small). Shapes broadcast.
+    """
+    frac = (nu + 1) / 2
+    return frac * log_beta + (1 - frac) * log_posterior_variance
 
 
 class GaussianDiffusion:
@@ -119,7 +126,7 @@ class GaussianDiffusion:
                 f"t must have shape [B] = [{x.shape[0]}] (one step per image), "
                 f"got shape {tuple(t.shape)}"
             )
-        if _capturing(t):
+        if cuda_capturing(t):
             return t  # reading t back would break a CUDA-graph capture (checked in warm-up)
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
             raise ValueError(
@@ -287,13 +294,11 @@ class GaussianDiffusion:
         return mean_part
 
     def learned_log_variance(self, nu: Tensor, t: Tensor, x_t: Tensor) -> Tensor:
-        """log σ_t² = ½(1+ν) log β_t + ½(1-ν) log β̃_t (learned_range), shaped like ν.
-
-        ν = 1 gives β_t (fixed_large), ν = -1 gives β̃_t (fixed_small, with β̃_2 at step 1).
-        """
-        frac = (nu + 1) / 2
-        return frac * self._extract("log_betas", t, x_t) + (1 - frac) * self._extract(
-            "posterior_log_variance_clipped", t, x_t
+        """:func:`learned_range_log_variance` at steps ``t``, shaped like ν (β̃_2 at step 1)."""
+        return learned_range_log_variance(
+            nu,
+            self._extract("log_betas", t, x_t),
+            self._extract("posterior_log_variance_clipped", t, x_t),
         )
 
     def model_predictions(self, model: Model, x_t: Tensor, t: Tensor | int) -> dict[str, Tensor]:
@@ -440,3 +445,12 @@ class GaussianDiffusion:
         frozen = torch.cat([out.detach(), nu], dim=1).float()
         vb = vb_term_bpd(self, lambda *_: frozen, x0.float(), x_t.float(), t)
         return loss + HYBRID_VLB_WEIGHT * self.num_timesteps * vb
+
+
+def diffusion_for(config: dict[str, Any]) -> GaussianDiffusion:
+    """The GaussianDiffusion a training config describes (schedule, T, parameterization).
+
+    Configs written before ``var_type`` existed mean the fixed posterior variance.
+    """
+    betas = get_beta_schedule(config["schedule"], config["num_timesteps"])
+    return GaussianDiffusion(betas, config["mean_type"], config.get("var_type", "fixed_small"))

@@ -32,7 +32,7 @@ from .data import (
     to_model_range,
     toy_dataset,
 )
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, diffusion_for
 from .fast import GraphedSampler, prepare_model
 from .metrics import (
     FeatureNet,
@@ -42,7 +42,7 @@ from .metrics import (
     ode_bits_per_dim,
     precision_recall,
 )
-from .pretrained import diffusion_for, find_checkpoint
+from .pretrained import find_checkpoint
 from .sde import DiscreteVPSDE, eps_model_score_fn, ode_log_likelihood
 from .utils import get_device
 

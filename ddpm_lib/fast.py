@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, learned_range_log_variance
 
 if TYPE_CHECKING:
     from .train import Trainer
@@ -49,10 +49,8 @@ class StepTables:
     posterior_mean_coef1: Tensor
     posterior_mean_coef2: Tensor
     sigma: Tensor  # reverse std; 0 at code index 0 (no noise on the last step)
-    # learned_range only: the two ends of log σ_t² and the 0/1 noise mask (0 at code index 0)
-    log_betas: Tensor | None = None
-    log_posterior_variance: Tensor | None = None
-    nonzero: Tensor | None = None
+    # learned_range only: the two ends of log σ_t² (log β_t, log β̃_t) and the 0/1 noise mask
+    learned_range: tuple[Tensor, Tensor, Tensor] | None = None
 
     @classmethod
     def build(
@@ -75,27 +73,20 @@ class StepTables:
         def dev(x: Tensor) -> Tensor:
             return x.to(device=device, dtype=torch.float32)
 
-        learned: dict[str, Tensor] = {}
+        learned = None
         if var_type == "learned_range":
             nonzero = torch.ones_like(sigma)
             nonzero[0] = 0.0
-            learned = {
-                "log_betas": dev(diffusion.log_betas),
-                "log_posterior_variance": dev(diffusion.posterior_log_variance_clipped),
-                "nonzero": dev(nonzero),
-            }
+            ends = (diffusion.log_betas, diffusion.posterior_log_variance_clipped)
+            learned = (dev(ends[0]), dev(ends[1]), dev(nonzero))
         return cls(
             dev(diffusion.sqrt_recip_alphas_cumprod),
             dev(diffusion.sqrt_recipm1_alphas_cumprod),
             dev(diffusion.posterior_mean_coef1),
             dev(diffusion.posterior_mean_coef2),
             dev(sigma),
-            **learned,
+            learned,
         )
-
-    @property
-    def learned_variance(self) -> bool:
-        return self.nonzero is not None
 
 
 def ddpm_step(
@@ -105,7 +96,7 @@ def ddpm_step(
 
     ``i`` is a 0-d int64 tensor (code index, on x's device): nothing leaves the device. With
     learned_range tables the network returns [ε̂ | ν] and σ_t² = exp(½(1+ν) log β_t +
-    ½(1-ν) log β̃_t), as in ``GaussianDiffusion.learned_log_variance``.
+    ½(1-ν) log β̃_t) (``diffusion.learned_range_log_variance``).
     """
 
     def at(table: Tensor) -> Tensor:
@@ -113,19 +104,17 @@ def ddpm_step(
         return table.index_select(0, i.reshape(1)).reshape([1] * x.ndim)
 
     eps = model(x, i.expand(x.shape[0])).float()
-    if tables.learned_variance:
+    if tables.learned_range is not None:
         eps, nu = eps.chunk(2, dim=1)
     x0 = at(tables.sqrt_recip_alphas_cumprod) * x - at(tables.sqrt_recipm1_alphas_cumprod) * eps
     if clip:
         x0 = x0.clamp(-1.0, 1.0)
     mean = at(tables.posterior_mean_coef1) * x0 + at(tables.posterior_mean_coef2) * x
-    if not tables.learned_variance:
+    if tables.learned_range is None:
         return mean + at(tables.sigma) * noise
-    assert tables.log_betas is not None and tables.log_posterior_variance is not None
-    assert tables.nonzero is not None
-    frac = (nu + 1) / 2
-    log_var = frac * at(tables.log_betas) + (1 - frac) * at(tables.log_posterior_variance)
-    return mean + at(tables.nonzero) * (0.5 * log_var).exp() * noise
+    log_beta, log_posterior_variance, nonzero = tables.learned_range
+    log_var = learned_range_log_variance(nu, at(log_beta), at(log_posterior_variance))
+    return mean + at(nonzero) * (0.5 * log_var).exp() * noise
 
 
 class GraphedSampler:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from .utils import cuda_capturing
+
 if TYPE_CHECKING:
     from .diffusion import GaussianDiffusion, Model
 
@@ -62,8 +64,7 @@ def discretized_gaussian_log_likelihood(
     levels own everything beyond (so the probabilities of all levels sum to 1). The density is
     N(means, exp(log_scales)²): ``log_scales`` is the log standard deviation. Shapes broadcast.
     """
-    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
-    if not capturing and (x.abs() > 1 + 1e-6).any():  # no host read inside a CUDA graph
+    if not cuda_capturing(x) and (x.abs() > 1 + 1e-6).any():  # no host read inside a graph
         raise ValueError("x must lie in [-1, 1] (8-bit data scaled by x/127.5 - 1)")
     half = 1.0 / (num_bins - 1)
     inv_std = torch.exp(-log_scales)

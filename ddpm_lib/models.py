@@ -403,7 +403,13 @@ _MODEL_TYPES: dict[str, tuple[type[nn.Module], type[_ConfigDict]]] = {
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build a model from a plain dict, the inverse of ``model_spec``.
+    """Build a model from a plain dict, the inverse of ``model_spec``; see :func:`model_config`."""
+    config = model_config(spec)  # raises for an unknown type
+    return _MODEL_TYPES[spec["type"]][0](config)
+
+
+def model_config(spec: dict[str, Any]) -> _ConfigDict:
+    """The validated configuration a model spec describes, without building the network.
 
     ``spec`` is ``{"type": "unet", **UNetConfig fields}``, ``{"type": "mlp", **ToyMLPConfig
     fields}`` or ``{"type": "resunet", **resunet.ResUNetConfig fields}``. For the UNet,
@@ -416,7 +422,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         raise ValueError(
             f"unknown model type {kind!r}: set spec['type'] to one of {sorted(_MODEL_TYPES)}"
         )
-    model_cls, config_cls = _MODEL_TYPES[kind]
+    config_cls = _MODEL_TYPES[kind][1]
     if "preset" in spec:
         name = spec.pop("preset")
         if kind != "unet" or name not in UNET_PRESETS:
@@ -425,7 +431,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
                 f"'unet' and are {sorted(UNET_PRESETS)}"
             )
         spec = {**UNET_PRESETS[name].to_dict(), **spec}
-    return model_cls(config_cls.from_dict(spec))
+    return config_cls.from_dict(spec)
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:

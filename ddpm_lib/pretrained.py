@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
-from .diffusion import GaussianDiffusion
-from .schedules import get_beta_schedule
+from .diffusion import GaussianDiffusion, diffusion_for
 from .train import TrainConfig, Trainer
 from .utils import get_device
 
@@ -68,15 +67,6 @@ def download_checkpoint(name: str, timeout: float = 30.0) -> Path | None:
         return None
     os.replace(tmp, dst)
     return dst
-
-
-def diffusion_for(config: dict[str, Any]) -> GaussianDiffusion:
-    """The GaussianDiffusion a training config describes (schedule, T, parameterization).
-
-    Configs written before ``var_type`` existed mean the fixed posterior variance.
-    """
-    betas = get_beta_schedule(config["schedule"], config["num_timesteps"])
-    return GaussianDiffusion(betas, config["mean_type"], config.get("var_type", "fixed_small"))
 
 
 @dataclass

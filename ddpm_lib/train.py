@@ -26,11 +26,10 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_checkpoint
 from .data import IMAGE_SHAPES, TOY_DATASETS, canonical_name, holdout_split, load_image_dataset
 from .data import toy_dataset as make_toy_dataset
-from .diffusion import MEAN_TYPES, VAR_TYPES, GaussianDiffusion
+from .diffusion import MEAN_TYPES, VAR_TYPES, diffusion_for
 from .distributed import all_mean, current, gather
 from .fast import GraphedTrainStep
-from .models import build_model, model_spec
-from .schedules import get_beta_schedule
+from .models import build_model, model_config, model_spec
 from .utils import get_device
 
 Tensor = torch.Tensor
@@ -155,7 +154,7 @@ def with_variance_channels(spec: dict[str, Any], var_type: str) -> dict[str, Any
     """
     if var_type != "learned_range":
         return spec
-    cfg = getattr(build_model(spec), "config", None)  # resolves presets
+    cfg = model_config(spec)  # resolves presets
     if not hasattr(cfg, "out_channels"):
         raise ValueError(
             f"var_type='learned_range' needs a network with an out_channels setting (type "
@@ -173,10 +172,7 @@ def with_variance_channels(spec: dict[str, Any], var_type: str) -> dict[str, Any
 
 
 def _check_data_fits_model(data: Tensor, spec: dict[str, Any], dataset: str) -> None:
-    model = build_model(spec)
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return
+    cfg = model_config(spec)
     if hasattr(cfg, "image_size"):
         want = (cfg.in_channels, cfg.image_size, cfg.image_size)
     else:
@@ -256,11 +252,7 @@ class Trainer:
             config = dataclasses.replace(config, model=model_spec(self.model))
         self.config = config
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.diffusion = GaussianDiffusion(
-            get_beta_schedule(config.schedule, config.num_timesteps),
-            config.mean_type,
-            config.var_type,
-        )
+        self.diffusion = diffusion_for(config.to_dict())
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),

@@ -9,6 +9,11 @@ import numpy as np
 import torch
 
 
+def cuda_capturing(x: torch.Tensor) -> bool:
+    """True while ``x``'s CUDA stream is being captured into a graph: no host reads allowed."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def get_device(prefer: str | None = None) -> torch.device:
     """Return the best available device: CUDA, then Apple MPS, then CPU.
 

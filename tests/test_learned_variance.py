@@ -15,11 +15,10 @@ from torch import nn
 
 from ddpm_lib.checkpoint import load_checkpoint
 from ddpm_lib.cli import main
-from ddpm_lib.diffusion import HYBRID_VLB_WEIGHT, GaussianDiffusion
+from ddpm_lib.diffusion import HYBRID_VLB_WEIGHT, GaussianDiffusion, diffusion_for
 from ddpm_lib.fast import StepTables, ddpm_step
 from ddpm_lib.losses import elbo_bpd, vb_term_bpd
 from ddpm_lib.models import UNET_PRESETS, UNet
-from ddpm_lib.pretrained import diffusion_for
 from ddpm_lib.samplers import ddim_sample_loop
 from ddpm_lib.schedules import linear_beta_schedule
 from ddpm_lib.train import TrainConfig, Trainer, with_variance_channels
