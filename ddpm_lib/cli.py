@@ -6,35 +6,25 @@ Each subcommand has ``--help``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, export_release, load_checkpoint, load_model
+from .accel.distributed import DistInfo, cleanup, setup_distributed
 from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
-from .diffusion import MEAN_TYPES, VAR_TYPES, diffusion_for
-from .distributed import DistInfo, cleanup, setup_distributed
-from .models import UNET_PRESETS
-from .schedules import SCHEDULES
-from .train import NonFiniteLossError, TrainConfig, Trainer
+from .nets import MODEL_TYPES
+from .samplers import ddim_sample, ddpm_sample
+from .training import RECIPES, RESUMABLE, TrainConfig, Trainer, diffusion_for, recipe
+from .training.checkpoint import CheckpointError, export_release, load_checkpoint, load_model
+from .training.config import fields as config_fields
+from .training.trainer import NonFiniteLossError
 from .utils import get_device, seed_everything
-
-# Settings that only say how long or where a run goes; they may change when resuming.
-RESUMABLE = (
-    "steps",
-    "log_every",
-    "save_every",
-    "out_dir",
-    "bf16",
-    "time_limit",
-    "channels_last",
-    "compile",
-    "cuda_graph",
-)
 
 
 def _positive_int(text: str) -> int:
@@ -71,52 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    # Defaults are None so that --resume can tell what was given on the command line.
-    tr = sub.add_parser("train", help="train a model with L_simple (Algorithm 1)")
-    tr.add_argument("--dataset", type=_dataset, help="mnist, fashion_mnist, cifar10 or a toy set")
-    tr.add_argument("--split", choices=["train", "test"], help="which split to train on")
-    tr.add_argument("--holdout", type=int, help="hold out this many images (fixed seed)")
-    tr.add_argument("--data-root", help="folder with <Name>/raw/...; default $DDPM_DATA_ROOT")
-    tr.add_argument("--download", action="store_true", default=None, help="download if missing")
-    tr.add_argument("--toy-size", type=_positive_int, help="points in a 2-D toy set (10000)")
-    tr.add_argument("--model", choices=["unet", "mlp"], help="network type")
-    tr.add_argument("--preset", choices=sorted(UNET_PRESETS), help="UNet preset (default mnist)")
-    tr.add_argument("--ch", type=_positive_int, help="UNet base channels (overrides preset)")
-    tr.add_argument("--ch-mult", type=_int_tuple, help="UNet channel multipliers, e.g. 1,2,2")
-    tr.add_argument("--num-res-blocks", type=_positive_int, help="residual blocks per level")
-    tr.add_argument("--attn", type=_int_tuple, help="attention resolutions, e.g. 14")
-    tr.add_argument("--dropout", type=float, help="dropout probability")
-    tr.add_argument("--num-groups", type=_positive_int, help="GroupNorm groups (default 32)")
-    tr.add_argument("--schedule", choices=sorted(SCHEDULES), help="beta schedule")
-    tr.add_argument("--num-timesteps", type=_positive_int, help="T (default 1000)")
-    tr.add_argument("--mean-type", choices=MEAN_TYPES, help="what the network predicts")
-    tr.add_argument(
-        "--var-type",
-        choices=VAR_TYPES,
-        help="reverse-step variance (default fixed_small); learned_range: the network learns it "
-        "on the hybrid loss (twice the output channels)",
-    )
-    tr.add_argument("--steps", type=_positive_int, help="total optimizer steps")
-    tr.add_argument("--batch-size", type=_positive_int, help="images per step")
-    tr.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-4)")
-    tr.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
-    tr.add_argument("--grad-clip", type=float, help="gradient norm clip (0 = off)")
-    tr.add_argument("--ema-decay", type=float, help="EMA decay (default 0.9999)")
-    tr.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
-    tr.add_argument("--channels-last", action="store_true", default=None, help="NHWC layout (GPU)")
-    tr.add_argument("--compile", action="store_true", default=None, help="torch.compile")
-    tr.add_argument("--compile-mode", help="torch.compile mode, e.g. reduce-overhead")
-    tr.add_argument(
-        "--cuda-graph",
-        action="store_true",
-        default=None,
-        help="capture the whole training step in one CUDA graph (GPU, one process)",
-    )
-    tr.add_argument("--seed", type=int, help="random seed")
-    tr.add_argument("--log-every", type=_positive_int, help="steps between loss logs")
-    tr.add_argument("--save-every", type=_positive_int, help="steps between checkpoints")
-    tr.add_argument("--out-dir", help="where last.pt, config.json and metrics.jsonl go")
-    tr.add_argument("--time-limit", type=float, help="minutes; then save and stop")
+    # Every training flag is made from a TrainConfig field or a network config field (its help
+    # and type included). Defaults are None so that --resume can tell what was given.
+    tr = sub.add_parser("train", help="train a model (Algorithm 1)")
+    tr.add_argument("--recipe", choices=sorted(RECIPES), help="start from a shipped model's recipe")
+    _add_config_flags(tr)
+    tr.add_argument("--model", choices=sorted(MODEL_TYPES), help="network type")
+    presets = sorted({p for _, _, ps in MODEL_TYPES.values() for p in ps})
+    tr.add_argument("--preset", choices=presets, help="network preset (default: unet's mnist)")
+    _add_model_flags(tr)
     tr.add_argument("--resume", type=Path, help="continue from this checkpoint")
     tr.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -175,32 +128,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields given explicitly on the command line."""
-    given = {
-        k: v
-        for k, v in vars(args).items()
-        if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(hint: Any) -> Any:
+    """int for ``int``, float for ``float | None``, ..."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _config_value(name: str, base: Any) -> Any:
+    """An argparse type for TrainConfig field ``name``: convert, then let TrainConfig validate."""
+
+    def parse(text: str) -> Any:
+        value = base(text)
+        try:
+            TrainConfig(**{name: value}).validate()
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
+    parse.__name__ = base.__name__  # argparse's "invalid int value: ..."
+    return parse
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (but ``model``), with the field's help and choices."""
+    hints = typing.get_type_hints(TrainConfig)
+    for name, f in config_fields().items():
+        if name == "model":
+            continue
+        meta, base = f.metadata, _base_type(hints[name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{meta['help']} (default {default})"
+        if meta["resumable"]:
+            help_text += "; may change on --resume"
+        if base is bool:
+            parser.add_argument(
+                _flag(name), action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif "choices" in meta["argparse"]:
+            parser.add_argument(_flag(name), choices=meta["argparse"]["choices"], help=help_text)
+        else:
+            parser.add_argument(_flag(name), type=_config_value(name, base), help=help_text)
+
+
+def _model_fields() -> dict[str, tuple[Any, str, list[str]]]:
+    """Every network config field: (type, help, the model types that have it)."""
+    out: dict[str, tuple[Any, str, list[str]]] = {}
+    for kind, (_, config_cls, _) in MODEL_TYPES.items():
+        hints = typing.get_type_hints(config_cls)
+        for f in dataclasses.fields(config_cls):
+            base, help_text, kinds = out.get(f.name, (None, f.metadata.get("help", ""), []))
+            hint = hints[f.name]
+            base = _int_tuple if typing.get_origin(hint) is tuple else _base_type(hint)
+            out[f.name] = (base, help_text, [*kinds, kind])
+    return out
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per network config field; each overrides the preset's value."""
+    for name, (base, help_text, kinds) in _model_fields().items():
+        parser.add_argument(_flag(name), type=base, help=f"{help_text} ({', '.join(kinds)})")
+
+
+def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The TrainConfig fields given explicitly on the command line (the model as a spec)."""
+    given = {k: v for k, v in vars(args).items() if v is not None and k in config_fields()}
+    overrides = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k in _model_fields()
+        if (v := getattr(args, k)) is not None
     }
-    model: dict[str, Any] = {}
-    if args.model or args.preset or args.ch or args.ch_mult or args.num_res_blocks:
-        model["type"] = args.model or "unet"
-    elif args.attn is not None or args.dropout is not None or args.num_groups:
-        model["type"] = "unet"
-    if model.get("type") == "unet":
-        model["preset"] = args.preset or "mnist"
-        for key, value in (
-            ("ch", args.ch),
-            ("ch_mult", args.ch_mult),
-            ("num_res_blocks", args.num_res_blocks),
-            ("attn_resolutions", args.attn),
-            ("dropout", args.dropout),
-            ("num_groups", args.num_groups),
-        ):
-            if value is not None:
-                model[key] = list(value) if isinstance(value, tuple) else value
-    if model:
-        given["model"] = model
+    if args.model or args.preset or overrides:
+        kind = args.model or "unet"
+        config_cls = MODEL_TYPES[kind][1]
+        foreign = sorted(set(overrides) - {f.name for f in dataclasses.fields(config_cls)})
+        if foreign:
+            parser.error(
+                f"{', '.join(map(_flag, foreign))} are not settings of model type {kind!r}; "
+                "choose the type with --model"
+            )
+        spec: dict[str, Any] = {"type": kind, **overrides}
+        if args.preset or kind == "unet":
+            spec["preset"] = args.preset or "mnist"
+        given["model"] = spec
     return given
 
 
@@ -213,8 +226,10 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, info: DistInfo) -> int:
-    given = _train_config(args)
+    given = _train_config(args, parser)
     if args.resume is not None:
+        if args.recipe:
+            parser.error("--resume continues a run with its own settings: drop --recipe")
         if set(given) - set(RESUMABLE):
             parser.error(
                 f"--resume continues the run in {args.resume} with its own settings; only "
@@ -228,7 +243,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, info: Dist
     else:
         if given.get("dataset") in TOY_DATASETS and "model" not in given:
             given["model"] = {"type": "mlp"}
-        trainer = Trainer(TrainConfig(**given), device=args.device)
+        base = recipe(args.recipe) if args.recipe else TrainConfig()
+        trainer = Trainer(base.replace(**given), device=args.device)
     procs = f" x {info.world_size} processes" if info.enabled else ""
     if info.is_main:
         print(f"training on {trainer.data_note}; device {trainer.device}{procs}")
@@ -261,16 +277,12 @@ def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         size, channels = _image_shape(model)
         shape = (args.n, channels, size, size)
     # x̂_0 is clipped to the data range [-1, 1] for images only; toy points are unbounded.
-    kwargs = dict(
-        device=device,
-        generator=gen,
-        progress=not args.no_progress,
-        clip_denoised=spec.get("type") != "mlp",
-    )
+    opts = dict(generator=gen, progress=not args.no_progress, clip_denoised=spec["type"] != "mlp")
+    x_T = torch.randn(shape, device=device, generator=gen)
     if args.sampler == "ddpm":
-        x = diffusion.sample(model, shape, **kwargs)
+        x = ddpm_sample(diffusion, model, x_T, **opts)
     else:
-        x = diffusion.ddim_sample(model, shape, steps=steps, eta=args.eta, **kwargs)
+        x = ddim_sample(diffusion, model, x_T, steps, eta=args.eta, **opts)
     _save_samples(x.cpu(), args.out)
     print(f"wrote {args.n} samples ({args.sampler}, {steps} steps) to {args.out}")
     return 0
@@ -308,9 +320,9 @@ def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def cmd_classifier(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .evaluate import classifier_data, save_classifier
-    from .metrics import train_classifier
-    from .train import device_name
+    from .evaluation.evaluate import classifier_data, save_classifier
+    from .evaluation.metrics import train_classifier
+    from .training.trainer import device_name
 
     if args.dataset in TOY_DATASETS:
         parser.error("toy sets need no classifier: evaluate uses their 2-D coordinates")
@@ -329,7 +341,7 @@ def cmd_classifier(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .evaluate import evaluate_checkpoint, parse_sampler
+    from .evaluation.evaluate import evaluate_checkpoint, parse_sampler
 
     samplers = tuple(s for s in args.samplers.split(",") if s.strip())
     try:

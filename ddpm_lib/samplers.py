@@ -1,92 +1,112 @@
 """Sampling loops: DDPM ancestral sampling (Algorithm 2, Chapter 4) and DDIM (Chapter 7).
 
-All loops take the ``GaussianDiffusion`` and the network as arguments. Time indices are 0-based
-code indices (index i is the book's step i+1), as everywhere in ``ddpm_lib``.
+Every sampler has one signature: ``sampler(diffusion, model, x_T, [steps,] *, options...,
+generator=None, callback=None, progress=True)``. It starts from the noise ``x_T`` it is given
+(draw it with ``torch.randn(shape, generator=...)``), takes its steps, calls ``callback`` with a
+:class:`SamplerStep` after each one, and returns x_0. Time indices are 0-based code indices
+(index i is the book's step i+1), as everywhere in ``ddpm_lib``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from .diffusion import GaussianDiffusion, Model
+from .diffusion import GaussianDiffusion, Model
 
 Tensor = torch.Tensor
 
 
-def _start(
-    shape: tuple[int, ...],
-    noise: Tensor | None,
-    device: torch.device | str | None,
-    generator: torch.Generator | None,
-) -> Tensor:
-    if noise is not None:
-        if tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
-        return noise.to(device) if device is not None else noise
-    return torch.randn(shape, device=device, generator=generator)
+class SamplerStep(NamedTuple):
+    """What a sampler hands its callback after each step."""
+
+    i: int  # code index of the step just taken (book step i+1)
+    x_t: Tensor  # the state entering the step
+    pred_x0: Tensor  # the network's x̂_0 at that state
+    sample: Tensor  # the state after the step
+
+
+Callback = Callable[[SamplerStep], None]
+
+
+class Trajectory:
+    """A sampler callback that keeps x_t and x̂_0 along the way, on the CPU.
+
+    Records the first step and every step whose code index is a multiple of ``every``
+    (``every=1``: all of them). After sampling: ``steps`` (book steps t, descending), ``x_t``
+    [S, *shape] (the state entering each recorded step) and ``pred_x0`` [S, *shape].
+    """
+
+    def __init__(self, every: int = 100) -> None:
+        if every < 1:
+            raise ValueError(f"every must be ≥ 1, got {every}")
+        self.every = every
+        self.steps: list[int] = []
+        self._x_t: list[Tensor] = []
+        self._pred_x0: list[Tensor] = []
+
+    def __call__(self, step: SamplerStep) -> None:
+        if not self.steps or step.i % self.every == 0:
+            self.steps.append(step.i + 1)
+            self._x_t.append(step.x_t.cpu())
+            self._pred_x0.append(step.pred_x0.cpu())
+
+    @property
+    def x_t(self) -> Tensor:
+        return torch.stack(self._x_t)
+
+    @property
+    def pred_x0(self) -> Tensor:
+        return torch.stack(self._pred_x0)
 
 
 def _fresh_noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
 
 
-def _stack(trajectory: dict[str, list[Any]]) -> dict[str, Any]:
-    return {
-        "steps": trajectory["steps"],
-        "x_t": torch.stack(trajectory["x_t"]),
-        "pred_x0": torch.stack(trajectory["pred_x0"]),
-    }
-
-
 @torch.no_grad()
-def ddpm_sample_loop(
+def ddpm_sample(
     diffusion: GaussianDiffusion,
     model: Model,
-    shape: tuple[int, ...],
-    noise: Tensor | None = None,
+    x_T: Tensor,
+    *,
     clip_denoised: bool = True,
     variance: str | None = None,
-    device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    callback: Callback | None = None,
     progress: bool = True,
-    return_trajectory: bool = False,
-    trajectory_stride: int = 100,
-) -> Tensor | tuple[Tensor, dict[str, Any]]:
-    """Algorithm 2: x_T ~ N(0, I), then x_{t-1} = μ_θ(x_t, t) + σ_t z for t = T..1.
+) -> Tensor:
+    """Algorithm 2 (alg-ch4-sampling) from ``x_T``; returns x_0 shaped like x_T. Chapter 4.
 
-    Returns x_0 [shape]. With ``return_trajectory`` also a dict with ``steps`` (book steps t,
-    descending), ``x_t`` [S, *shape] (the state entering that step) and ``pred_x0`` [S, *shape],
-    recorded every ``trajectory_stride`` steps and at t = 1.
+    1. x_T is given (the caller draws it from N(0, I)).
+    2. For t = T, ..., 1: draw z ~ N(0, I) (not used at t = 1) and
+       x_{t-1} = μ_θ(x_t, t) + σ_t z (:meth:`GaussianDiffusion.p_sample`).
+    3. Return x_0.
     """
-    if trajectory_stride < 1:
-        raise ValueError(f"trajectory_stride must be ≥ 1, got {trajectory_stride}")
-    x = _start(shape, noise, device, generator)
-    traj: dict[str, list[Any]] = {"steps": [], "x_t": [], "pred_x0": []}
-    T = diffusion.num_timesteps
-    for i in tqdm(range(T - 1, -1, -1), desc="DDPM sampling", disable=not progress):
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+    x = x_T
+    for i in tqdm(
+        range(diffusion.num_timesteps - 1, -1, -1), "DDPM sampling", disable=not progress
+    ):
+        t = diffusion.step_index(i, x.shape[0], x.device)
         z = _fresh_noise(x, generator)
         out = diffusion.p_sample(
             model, x, t, noise=z, clip_denoised=clip_denoised, variance=variance
         )
-        if return_trajectory and (i % trajectory_stride == 0 or i == T - 1):
-            traj["steps"].append(i + 1)
-            traj["x_t"].append(x.cpu())
-            traj["pred_x0"].append(out["pred_x0"].cpu())
-        x = out["sample"]
-    return (x, _stack(traj)) if return_trajectory else x
+        if callback is not None:
+            callback(SamplerStep(i, x, out.pred_x0, out.sample))
+        x = out.sample
+    return x
 
 
 def ddim_timesteps(num_timesteps: int, steps: int, kind: str = "uniform") -> list[int]:
     """A descending sub-sequence of ``steps`` code indices from 0..T-1 that ends at index 0.
 
     "uniform" spaces them evenly (DDIM's linear choice, always containing index 0 and, when
-    steps = T, every index); "quad" spaces them quadratically, denser near t = 1.
+    steps = T, every index); "quad" spaces them quadratically, denser near t = 1. Chapter 7.
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must lie in [1, {num_timesteps}] (T), got {steps}")
@@ -109,30 +129,43 @@ def ddim_timesteps(num_timesteps: int, steps: int, kind: str = "uniform") -> lis
     return seq
 
 
+class DdimStep(NamedTuple):
+    """One DDIM update: the draw ``sample``, its ``mean`` and ``variance`` (shaped like x_t),
+    and the ``pred_x0`` it was built from."""
+
+    sample: Tensor
+    mean: Tensor
+    variance: Tensor
+    pred_x0: Tensor
+
+
 def ddim_step(
     diffusion: GaussianDiffusion,
     model: Model,
     x_t: Tensor,
     t: int,
     t_prev: int,
+    *,
     eta: float = 0.0,
     noise: Tensor | None = None,
     clip_denoised: bool = True,
-) -> dict[str, Tensor]:
-    """One DDIM update x_t → x_{t_prev} (code indices; ``t_prev = -1`` means x_0).
+) -> DdimStep:
+    """One DDIM update x_t → x_{t_prev} (code indices; ``t_prev = -1`` means x_0). Chapter 7.
 
-    x_prev = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂ + σ z with
-    σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev). With η = 1 and t_prev = t-1, σ² = β̃_t and the
-    mean equals μ̃_t(x̂_0, x_t): one DDPM step (tested). Returns sample, mean, variance,
-    pred_x0 shaped like x_t.
+    A draw from q_σ(x_{t_prev} | x_t, x̂_0) (eq-ch7-family) with σ from η (eq-ch7-sigma-eta):
+    x_prev = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂ + σ z,
+    σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev). With η = 0 it is an Euler step of the
+    probability-flow ODE in the variables y = x/√ᾱ, s = √(1/ᾱ-1) (eq-ch7-ddim-euler,
+    eq-ch7-slerp); with η = 1 and t_prev = t-1, σ² = β̃_t and the mean is μ̃_t(x̂_0, x_t): one
+    DDPM step (eq-ch7-ddim-step).
     """
     if eta < 0:
         raise ValueError(f"eta must be ≥ 0, got {eta}")
     if not -1 <= t_prev < t < diffusion.num_timesteps:
         raise ValueError(f"need -1 ≤ t_prev < t ≤ T-1, got t={t}, t_prev={t_prev}")
-    tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+    tt = diffusion.step_index(t, x_t.shape[0], x_t.device)
     pred = diffusion.model_predictions(model, x_t, tt)
-    x0, eps = pred["pred_x0"], pred["eps"]
+    x0, eps = pred.pred_x0, pred.eps
     if clip_denoised:
         x0 = x0.clamp(-1.0, 1.0)
         eps = diffusion.predict_eps_from_x0(x_t, tt, x0)
@@ -144,44 +177,46 @@ def ddim_step(
     if var > 0:
         noise = torch.randn_like(x_t) if noise is None else noise
         sample = mean + math.sqrt(var) * noise
-    return {
-        "sample": sample,
-        "mean": mean,
-        "variance": torch.full_like(x_t, var),
-        "pred_x0": x0,
-    }
+    return DdimStep(sample, mean, torch.full_like(x_t, var), x0)
 
 
 @torch.no_grad()
-def ddim_sample_loop(
+def ddim_sample(
     diffusion: GaussianDiffusion,
     model: Model,
-    shape: tuple[int, ...],
-    steps: int = 50,
+    x_T: Tensor,
+    steps: int | Sequence[int] = 50,
+    *,
     eta: float = 0.0,
     spacing: str = "uniform",
-    noise: Tensor | None = None,
     clip_denoised: bool = True,
-    device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    callback: Callback | None = None,
     progress: bool = True,
-    return_trajectory: bool = False,
-) -> Tensor | tuple[Tensor, dict[str, Any]]:
-    """DDIM sampling over ``steps`` of the T steps; η = 0 is deterministic, η = 1 is DDPM-like.
+) -> Tensor:
+    """DDIM sampling (Song, Meng & Ermon 2021) from ``x_T``; returns x_0. Chapter 7.
 
-    Returns x_0 [shape], and with ``return_trajectory`` a dict as in :func:`ddpm_sample_loop`
-    recording every visited step.
+    ``steps`` is a number of steps, spaced by ``spacing`` (:func:`ddim_timesteps`), or the
+    descending code indices themselves. η = 0 is deterministic given x_T; η = 1 is DDPM-like.
+
+    1. x_T is given.
+    2. For each pair (t, t_prev) of consecutive steps (t_prev = -1 after the last):
+       x_{t_prev} = :func:`ddim_step` (x_t, t → t_prev), with fresh z when η > 0.
+    3. Return x_0.
     """
-    seq = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
-    x = _start(shape, noise, device, generator)
-    traj: dict[str, list[Any]] = {"steps": [], "x_t": [], "pred_x0": []}
+    T = diffusion.num_timesteps
+    seq = ddim_timesteps(T, steps, spacing) if isinstance(steps, int) else list(steps)
+    descending = all(a > b for a, b in zip(seq, seq[1:], strict=False))
+    if not seq or not descending or not 0 <= seq[-1] <= seq[0] < T:
+        raise ValueError(f"steps must be descending code indices within 0..{T - 1}, got {seq}")
+    x = x_T
     pairs = list(zip(seq, seq[1:] + [-1], strict=True))
-    for t, t_prev in tqdm(pairs, desc=f"DDIM sampling ({steps} steps)", disable=not progress):
+    for t, t_prev in tqdm(pairs, f"DDIM sampling ({len(seq)} steps)", disable=not progress):
         z = _fresh_noise(x, generator) if eta > 0 else None
-        out = ddim_step(diffusion, model, x, t, t_prev, eta, z, clip_denoised)
-        if return_trajectory:
-            traj["steps"].append(t + 1)
-            traj["x_t"].append(x.cpu())
-            traj["pred_x0"].append(out["pred_x0"].cpu())
-        x = out["sample"]
-    return (x, _stack(traj)) if return_trajectory else x
+        out = ddim_step(
+            diffusion, model, x, t, t_prev, eta=eta, noise=z, clip_denoised=clip_denoised
+        )
+        if callback is not None:
+            callback(SamplerStep(t, x, out.pred_x0, out.sample))
+        x = out.sample
+    return x

@@ -1,6 +1,7 @@
 """The SDE view of diffusion (Song et al. 2021), Chapter 6.
 
-A forward SDE dx = f(x, t) dt + g(t) dW on t ∈ [0, 1] has the reverse-time SDE (Anderson 1982)
+A forward SDE dx = f(x, t) dt + g(t) dW on t ∈ [0, 1] (eq-ch6-sde) has the reverse-time SDE
+(Anderson 1982)
 
     dx = [f(x, t) - g(t)² ∇_x log p_t(x)] dt + g(t) dW̄,
 
@@ -9,6 +10,13 @@ DDPM is a discretization of the variance-preserving (VP) SDE dx = -½ β(t) x dt
 An ε-model gives the score through ∇ log p_t(x) ≈ -ε̂(x, t)/σ_t, σ_t the marginal std.
 
 Continuous time t ∈ [0, 1] meets the discrete steps at t = i/T for book step i (code index i-1).
+The samplers share the signature of :mod:`ddpm_lib.samplers`: ``sampler(sde, score_fn, x_1,
+steps, *, options..., generator=None, callback=None, progress=True)``, starting from the x_1
+they are given (``sde.prior_sampling(shape, ...)`` draws one).
+
+Times are validated where a caller hands them in: the score and Tweedie's formula refuse a time
+whose marginal std is 0 (the score is infinite there); the samplers build their times on a grid
+that stops short of it, and mark them as checked.
 """
 
 from __future__ import annotations
@@ -16,18 +24,41 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
+from .samplers import Callback, SamplerStep
 from .schedules import check_betas
+from .utils import is_checked, mark_checked
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
+_POSITIVE = "positive time"
 
 
 def _bcast(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _times(value: float, x: Tensor) -> Tensor:
+    """The time tensor [B] of a sampler's grid point ``value`` (> 0), marked as checked."""
+    t = torch.full((x.shape[0],), value, device=x.device, dtype=x.dtype)
+    return mark_checked(t, _POSITIVE)
+
+
+def _check_std(std: Tensor, t: Tensor, who: str) -> None:
+    """Refuse times whose marginal std is 0 (t = 0 for the VP-SDE): the score is ±inf there."""
+    if is_checked(t, _POSITIVE):
+        return
+    if (std <= 0).any():
+        raise ValueError(
+            f"{who} at a time t whose marginal std σ_t is 0 (t = "
+            f"{float(t.flatten()[torch.argmin(std.flatten())]):g}): the score -ε/σ_t is "
+            "infinite there. Stop at a small t_end > 0 (e.g. 1e-3) and denoise with "
+            "tweedie_denoise, or use the discrete sampler for the last step"
+        )
 
 
 class SDE(abc.ABC):
@@ -46,6 +77,10 @@ class SDE(abc.ABC):
         self, shape: tuple[int, ...], device=None, generator: torch.Generator | None = None
     ) -> Tensor:
         """A draw from the prior p_1 that the reverse process starts from."""
+
+    @abc.abstractmethod
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """log p_1(z) per sample, [B]: the density of the prior the reverse process starts from."""
 
     def mean_coeff(self, t: Tensor) -> Tensor:
         """s(t) with mean = s(t) x_0, shape [B]."""
@@ -106,6 +141,11 @@ class VPSDE(SDE):
     def prior_sampling(self, shape, device=None, generator=None) -> Tensor:
         return torch.randn(shape, device=device, generator=generator)
 
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """log N(z; 0, I) per sample: the VP prior."""
+        d = z[0].numel()
+        return -0.5 * z.double().flatten(1).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
+
 
 class DiscreteVPSDE(VPSDE):
     """The VP-SDE whose marginals equal a discrete schedule's exactly at t = i/T.
@@ -163,16 +203,26 @@ class VESDE(SDE):
     def prior_sampling(self, shape, device=None, generator=None) -> Tensor:
         return self.sigma_max * torch.randn(shape, device=device, generator=generator)
 
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """log N(z; 0, σ_max² I) per sample: the VE prior."""
+        d = z[0].numel()
+        s2 = self.sigma_max**2
+        return -0.5 * z.double().flatten(1).pow(2).sum(1) / s2 - 0.5 * d * math.log(
+            2 * math.pi * s2
+        )
+
 
 def eps_model_score_fn(sde: SDE, model: Callable[[Tensor, Tensor], Tensor], T: int) -> ScoreFn:
-    """score(x, t) = -ε̂(x, t·T - 1)/σ_t: an ε-model trained on T discrete steps as a score.
+    """score(x, t) = -ε̂(x, t·T - 1)/σ_t (eq-ch6-score-eps): an ε-model as a score. Chapter 6.
 
     Continuous time t maps to the fractional code index t·T - 1, so t = i/T is code index
-    i-1 (book step i); the network's sinusoidal time embedding accepts fractional steps.
+    i-1 (book step i); the network's sinusoidal time embedding accepts fractional steps. A
+    time with σ_t = 0 (t = 0 on the VP-SDE) is refused: the score is infinite there.
     """
 
     def score_fn(x: Tensor, t: Tensor) -> Tensor:
         _, std = sde.marginal_prob(x, t)
+        _check_std(std, t, "the score was asked for")
         eps = model(x, (t * T - 1).to(torch.float32))
         return -eps / _bcast(std, x)
 
@@ -180,8 +230,13 @@ def eps_model_score_fn(sde: SDE, model: Callable[[Tensor, Tensor], Tensor], T: i
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
-    """E[x_0 | x_t] = (x_t + σ_t² ∇ log p_t(x_t))/s(t) (Tweedie's formula), shaped like x."""
+    """E[x_0 | x_t] = (x_t + σ_t² ∇ log p_t(x_t))/s(t) (Tweedie, eq-ch4-tweedie), shaped like x.
+
+    Chapters 4 and 6. A time with σ_t = 0 is refused (there is nothing to denoise, and the
+    score is infinite).
+    """
     _, std = sde.marginal_prob(x, t)
+    _check_std(std, t, "tweedie_denoise was asked for E[x_0 | x_t]")
     return (x + _bcast(std**2, x) * score_fn(x, t)) / _bcast(sde.mean_coeff(t), x)
 
 
@@ -197,37 +252,56 @@ def _finish(sde: SDE, score_fn: ScoreFn, x: Tensor, t_end: float, denoise: bool)
     """The samplers' last step: Tweedie's E[x_0 | x_{t_end}] when ``denoise``, else x."""
     if not denoise:
         return x
-    t = torch.full((x.shape[0],), t_end, device=x.device, dtype=x.dtype)
-    return tweedie_denoise(sde, score_fn, x, t)
+    return tweedie_denoise(sde, score_fn, x, _times(t_end, x))
+
+
+def _report(
+    callback: Callback | None,
+    sde: SDE,
+    score_fn: ScoreFn,
+    k: int,
+    x: Tensor,
+    t: Tensor,
+    new: Tensor,
+) -> None:
+    """Hand step ``k`` to the callback, with Tweedie's x̂_0 at (x, t) (one more score call)."""
+    if callback is not None:
+        callback(SamplerStep(k, x, tweedie_denoise(sde, score_fn, x, t), new))
 
 
 @torch.no_grad()
 def euler_maruyama_sample(
     sde: SDE,
     score_fn: ScoreFn,
-    shape: tuple[int, ...],
+    x_1: Tensor,
     steps: int = 1000,
+    *,
     t_end: float = 1e-3,
     denoise: bool = True,
-    x_init: Tensor | None = None,
-    device=None,
     generator: torch.Generator | None = None,
+    callback: Callback | None = None,
     progress: bool = True,
 ) -> Tensor:
-    """Integrate the reverse-time SDE from t = 1 to ``t_end`` in ``steps`` Euler–Maruyama steps.
+    """The reverse-time SDE (eq-ch6-reverse-sde) from t = 1 to ``t_end`` by Euler–Maruyama.
 
-    x ← x - [f - g² s] h + g √h z with h = |Δt|, z ~ N(0, I). With ``denoise`` the result is
-    Tweedie's E[x_0 | x_{t_end}]. Returns a tensor of ``shape``.
+    Chapter 6 (eq-ch6-em). Returns a tensor shaped like ``x_1``; the callback gets step k
+    (0 = the first) with Tweedie's x̂_0.
+
+    1. x ← x_1 at t = 1; h = (1 - t_end)/steps.
+    2. For each step: x ← x - [f - g² s](x, t) h + g(t) √h z, with z ~ N(0, I).
+    3. With ``denoise``, return Tweedie's E[x_0 | x_{t_end}]; else x.
     """
     grid = _time_grid(steps, t_end)
-    x = sde.prior_sampling(shape, device, generator) if x_init is None else x_init.clone()
+    x = x_1.clone()
     rsde = sde.reverse(score_fn, probability_flow=False)
     for k in tqdm(range(steps), desc="Euler–Maruyama", disable=not progress):
-        t = torch.full((x.shape[0],), float(grid[k]), device=x.device, dtype=x.dtype)
+        t = _times(float(grid[k]), x)
         h = float(grid[k] - grid[k + 1])
         drift, g = rsde.sde(x, t)
         z = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-        x = x - drift * h + _bcast(g, x) * math.sqrt(h) * z
+        new = x - drift * h + _bcast(g, x) * math.sqrt(h) * z
+        _report(callback, sde, score_fn, k, x, t, new)
+        x = new
     return _finish(sde, score_fn, x, t_end, denoise)
 
 
@@ -235,35 +309,40 @@ def euler_maruyama_sample(
 def probability_flow_sample(
     sde: SDE,
     score_fn: ScoreFn,
-    shape: tuple[int, ...],
+    x_1: Tensor,
     steps: int = 100,
-    t_end: float = 1e-3,
+    *,
     method: str = "heun",
+    t_end: float = 1e-3,
     denoise: bool = True,
-    x_init: Tensor | None = None,
-    device=None,
     generator: torch.Generator | None = None,
+    callback: Callback | None = None,
     progress: bool = True,
 ) -> Tensor:
-    """Integrate the probability-flow ODE from t = 1 to ``t_end``: deterministic given x_1.
+    """The probability-flow ODE (eq-ch6-pf-ode) from t = 1 to ``t_end``: deterministic given x_1.
 
-    ``method`` "euler" (first order, one score call a step) or "heun" (second order, two).
+    Chapter 6. ``method`` "euler" (first order, one score call a step) or "heun" (second
+    order, two). ``generator`` is unused (the path is deterministic); it keeps the signature.
+
+    1. x ← x_1 at t = 1.
+    2. For each step t → t + dt (dt < 0): d₁ = F(x, t), x' = x + d₁ dt; Heun then corrects,
+       x ← x + ½(d₁ + F(x', t + dt)) dt; Euler keeps x ← x'.
+    3. With ``denoise``, return Tweedie's E[x_0 | x_{t_end}]; else x.
     """
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown ODE method {method!r}; choose 'euler' or 'heun'")
     grid = _time_grid(steps, t_end)
-    x = sde.prior_sampling(shape, device, generator) if x_init is None else x_init.clone()
+    x = x_1.clone()
     ode = sde.reverse(score_fn, probability_flow=True)
-    b = x.shape[0]
     for k in tqdm(range(steps), desc=f"probability-flow ODE ({method})", disable=not progress):
-        t = torch.full((b,), float(grid[k]), device=x.device, dtype=x.dtype)
+        t = _times(float(grid[k]), x)
         dt = float(grid[k + 1] - grid[k])
         d1 = ode.sde(x, t)[0]
-        x_next = x + d1 * dt
+        new = x + d1 * dt
         if method == "heun":
-            t_next = torch.full((b,), float(grid[k + 1]), device=x.device, dtype=x.dtype)
-            x_next = x + 0.5 * (d1 + ode.sde(x_next, t_next)[0]) * dt
-        x = x_next
+            new = x + 0.5 * (d1 + ode.sde(new, _times(float(grid[k + 1]), x))[0]) * dt
+        _report(callback, sde, score_fn, k, x, t, new)
+        x = new
     return _finish(sde, score_fn, x, t_end, denoise)
 
 
@@ -294,25 +373,34 @@ def divergence(
     return out.detach(), div
 
 
+class OdeLikelihood(NamedTuple):
+    """:func:`ode_log_likelihood`'s result, per sample."""
+
+    log_likelihood: Tensor  # [B], nats
+    prior_logp: Tensor  # [B]: log p_1 at the end point
+    x1: Tensor  # the end point x(1), shaped like x
+
+
 def ode_log_likelihood(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
     steps: int = 100,
+    *,
     t_start: float = 1e-3,
     hutchinson: bool = False,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
-) -> dict[str, Tensor]:
-    """log p_{t_start}(x) under the probability-flow ODE's density, per sample; Chapter 6.
+) -> OdeLikelihood:
+    """log p_{t_start}(x) under the probability-flow ODE's density, per sample (eq-ch6-cov).
 
-    Along dx/dt = F(x, t) = f - ½ g² s, the density obeys d log p_t(x(t))/dt = -∇·F, so
-    log p_{t_start}(x) = log p_1(x(1)) + ∫_{t_start}^1 ∇·F(x(t), t) dt. Both x(t) and the integral
-    are carried by Heun's method over ``steps`` steps from t_start to 1, equal in log t.
-    ``prior_logp`` (default: the standard normal) is log p_1; ``hutchinson`` uses one Gaussian
-    probe per sample (fixed along the path) instead of the exact divergence. Returns
-    ``log_likelihood`` [B] (nats), ``prior_logp`` [B] and ``x1`` (the end point).
+    Chapter 6. Along dx/dt = F(x, t) = f - ½ g² s, the density obeys d log p_t(x(t))/dt =
+    -∇·F, so log p_{t_start}(x) = log p_1(x(1)) + ∫_{t_start}^1 ∇·F(x(t), t) dt. Both x(t) and
+    the integral are carried by Heun's method over ``steps`` steps from t_start to 1, equal in
+    log t. ``prior_logp`` is log p_1, by default the SDE's own prior (``sde.prior_logp``:
+    N(0, I) for VP, N(0, σ_max² I) for VE); ``hutchinson`` uses one Gaussian probe per sample
+    (fixed along the path) instead of the exact divergence.
     """
     if steps < 1 or not 0 < t_start < 1:
         raise ValueError(f"need steps ≥ 1 and t_start in (0, 1), got {steps}, {t_start}")
@@ -331,16 +419,10 @@ def ode_log_likelihood(
     y, integral = x.detach().clone(), torch.zeros(b, dtype=torch.float64, device=x.device)
     for k in tqdm(range(steps), desc="ODE likelihood", disable=not progress):
         h = float(grid[k + 1] - grid[k])
-        t0 = torch.full((b,), float(grid[k]), device=x.device, dtype=x.dtype)
-        t1 = torch.full((b,), float(grid[k + 1]), device=x.device, dtype=x.dtype)
-        d0, div0 = divergence(drift, y, t0, probe)
+        d0, div0 = divergence(drift, y, _times(float(grid[k]), y), probe)
         y_pred = y + h * d0
-        d1, div1 = divergence(drift, y_pred, t1, probe)
+        d1, div1 = divergence(drift, y_pred, _times(float(grid[k + 1]), y), probe)
         y = y + 0.5 * h * (d0 + d1)
         integral = integral + 0.5 * h * (div0 + div1).double()
-    if prior_logp is None:
-        d = y[0].numel()
-        prior = -0.5 * y.double().flatten(1).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
-    else:
-        prior = prior_logp(y).double()
-    return {"log_likelihood": prior + integral, "prior_logp": prior, "x1": y}
+    prior = (prior_logp or sde.prior_logp)(y).double()
+    return OdeLikelihood(prior + integral, prior, y)

@@ -1,4 +1,7 @@
-"""Device choice and seeding, shared by every chapter."""
+"""Device choice, seeding, the quick-mode switch, and the mark of a checked input.
+
+Shared by every chapter and every module; imports nothing else of ``ddpm_lib``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,30 @@ import random
 import numpy as np
 import torch
 
+QUICK_ENV = "DDPM_QUICK"
+_CHECKED = "_ddpm_checked"
 
-def cuda_capturing(x: torch.Tensor) -> bool:
-    """True while ``x``'s CUDA stream is being captured into a graph: no host reads allowed."""
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+def quick_mode() -> bool:
+    """True when ``DDPM_QUICK`` is set to 1/true/yes: notebooks shrink their step counts."""
+    return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def mark_checked(x: torch.Tensor, what: object) -> torch.Tensor:
+    """Mark ``x`` as validated for ``what`` (e.g. ``("steps", T)``) and return it.
+
+    Inputs are validated once, where a caller hands them in; a validated tensor carries this
+    mark, so the inner calls it is passed on to trust it instead of reading it back from the
+    device (a host sync on a GPU, and an error inside a CUDA-graph capture). A new tensor made
+    from it (``t + 1``, ``t.to(...)``) carries no mark and is checked again.
+    """
+    setattr(x, _CHECKED, what)
+    return x
+
+
+def is_checked(x: object, what: object) -> bool:
+    """True when ``x`` is a tensor that :func:`mark_checked` marked for ``what``."""
+    return isinstance(x, torch.Tensor) and getattr(x, _CHECKED, None) == what
 
 
 def get_device(prefer: str | None = None) -> torch.device:

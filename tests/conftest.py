@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from helpers import OracleEps
+from ddpm_lib.oracles import PointOracle
 
 
 @pytest.fixture
 def oracle_eps():
-    return OracleEps
+    return PointOracle
 
 
 @pytest.fixture(scope="module")

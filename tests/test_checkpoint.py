@@ -1,16 +1,16 @@
-"""Specification of ddpm_lib.checkpoint: atomic saves, safe loads, clear errors."""
+"""Specification of ddpm_lib.training.checkpoint: atomic saves, safe loads, clear errors."""
 
 import pytest
 import torch
 
-from ddpm_lib.checkpoint import (
+from ddpm_lib.nets import build_model, model_spec
+from ddpm_lib.training.checkpoint import (
     CheckpointError,
     export_release,
     load_checkpoint,
     load_model,
     save_checkpoint,
 )
-from ddpm_lib.models import build_model, model_spec
 
 SPEC = {"type": "mlp", "hidden": 16}
 
@@ -78,7 +78,7 @@ def test_foreign_checkpoint_is_rejected(tmp_path):
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     # weights_only=True never unpickles arbitrary objects: such a file cannot run code on load.
     path = tmp_path / "evil.pt"
-    torch.save({"format": "ddpm_lib.checkpoint", "payload": _Payload()}, path)
+    torch.save({"format": "ddpm_lib.training.checkpoint", "payload": _Payload()}, path)
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(path)
 

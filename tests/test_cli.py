@@ -1,12 +1,16 @@
 """Specification of the command line: python -m ddpm_lib train | sample | export."""
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
-from ddpm_lib.checkpoint import load_checkpoint
-from ddpm_lib.cli import main
+from ddpm_lib.cli import build_parser, main
+from ddpm_lib.nets import MODEL_TYPES
+from ddpm_lib.training import RECIPES, RESUMABLE
+from ddpm_lib.training.checkpoint import CheckpointError, load_checkpoint
+from ddpm_lib.training.config import fields as config_fields
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["export"]])
@@ -47,7 +51,7 @@ def test_train_then_sample_writes_a_png(toy_run, tmp_path, sampler):
 def test_image_model_samples_an_image_grid(tmp_path):
     ckpt = tmp_path / "img" / "last.pt"
     args = ["train", "--dataset", "fashion_mnist", "--ch", "16", "--ch-mult", "1,2"]
-    args += ["--num-res-blocks", "1", "--attn", "", "--num-groups", "8"]
+    args += ["--num-res-blocks", "1", "--attn-resolutions", "", "--num-groups", "8"]
     args += ["--num-timesteps", "20", "--steps", "2"]
     args += ["--batch-size", "4", "--out-dir", str(ckpt.parent), "--no-progress"]
     assert main(args) == 0
@@ -69,7 +73,10 @@ def test_export_writes_a_release_checkpoint(toy_run, tmp_path, capsys):
     "args, message",
     [
         (["train", "--dataset", "imagenet"], "unknown dataset"),
-        (["train", "--steps", "0"], "must be a positive integer"),
+        (["train", "--steps", "0"], "steps must be positive"),
+        (["train", "--lr", "-1"], "lr must be a positive number"),
+        (["train", "--model", "mlp", "--ch", "8"], "not settings of model type 'mlp'"),
+        (["train", "--recipe", "imagenet"], "invalid choice"),
         (["train", "--steps", "many"], "invalid"),
         (["train", "--schedule", "quadratic"], "invalid choice"),
         (["train", "--ch-mult", "1,x"], "integers separated by commas"),
@@ -106,7 +113,8 @@ def test_ddim_steps_beyond_T_are_refused(toy_run, capsys):
 def test_resume_refuses_to_change_what_is_trained(toy_run, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(toy_run), "--dataset", "swiss_roll"])
-    assert "only --steps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "only --data-root, --download, --steps" in err and "(got dataset)" in err
 
 
 def test_resume_continues_to_more_steps(toy_run, capsys):
@@ -135,3 +143,57 @@ def test_cuda_graph_flag_reaches_the_training_config(tmp_path):
     args += ["--batch-size", "16", "--cuda-graph", "--out-dir", str(tmp_path), "--no-progress"]
     assert main(args) == 0
     assert load_checkpoint(tmp_path / "last.pt")["config"]["cuda_graph"] is True
+
+
+def _train_parser():
+    parser = build_parser()
+    return next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[
+        1
+    ]
+
+
+def test_every_training_setting_has_a_flag_with_its_help_from_train_config():
+    flags = {a.dest: a for a in _train_parser()._actions}
+    for name, f in config_fields().items():
+        if name == "model":
+            continue  # given as --model, --preset and the network's own settings
+        assert name in flags, f"TrainConfig.{name} has no --{name.replace('_', '-')} flag"
+        assert flags[name].help.startswith(f.metadata["help"])
+
+
+def test_every_network_setting_has_a_flag():
+    flags = {a.dest for a in _train_parser()._actions}
+    for _, config_cls, _ in MODEL_TYPES.values():
+        for f in dataclasses.fields(config_cls):
+            assert f.name in flags, f"{config_cls.__name__}.{f.name} has no flag"
+
+
+def test_weight_decay_flag_reaches_the_training_config(tmp_path):
+    args = ["train", "--dataset", "moons", "--num-timesteps", "10", "--steps", "2"]
+    args += ["--weight-decay", "0.05", "--out-dir", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["weight_decay"] == 0.05
+
+
+def test_recipe_flag_starts_from_the_recipe_and_flags_override_it(tmp_path):
+    args = ["train", "--recipe", "toy_gmm", "--steps", "2", "--num-timesteps", "10"]
+    args += ["--out-dir", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    config = load_checkpoint(tmp_path / "last.pt")["config"]
+    recipe = RECIPES["toy_gmm"]
+    assert config["lr"] == recipe.lr and config["toy_size"] == recipe.toy_size
+    assert config["steps"] == 2 and config["num_timesteps"] == 10
+
+
+def test_resume_may_turn_a_fast_path_option_off(toy_run):
+    assert main(["train", "--resume", str(toy_run), "--steps", "32", "--no-bf16"]) == 0
+    assert load_checkpoint(toy_run)["config"]["bf16"] is False
+
+
+def test_resume_and_the_trainer_follow_one_rule(toy_run):
+    # The CLI refuses exactly the settings that Trainer.from_checkpoint refuses.
+    from ddpm_lib.training import Trainer
+
+    with pytest.raises(CheckpointError, match="only data_root, download, steps"):
+        Trainer.from_checkpoint(toy_run, lr=1e-2)
+    assert set(RESUMABLE) == {n for n, f in config_fields().items() if f.metadata["resumable"]}

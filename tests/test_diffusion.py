@@ -161,7 +161,7 @@ def test_unclipped_model_mean_equals_the_eps_form_of_mu():
     out = d.p_mean_variance(model, x_t, t, clip_denoised=False)
     beta, ab = d.betas[t][:, None], d.alphas_cumprod[t][:, None]
     expected = (x_t - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt()
-    torch.testing.assert_close(out["mean"], expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out.mean, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_the_two_variance_choices_give_posterior_variance_and_beta():
@@ -172,8 +172,8 @@ def test_the_two_variance_choices_give_posterior_variance_and_beta():
     def model(x, t):
         return torch.zeros_like(x)
 
-    small = d.p_mean_variance(model, x_t, t, variance="fixed_small")["variance"][:, 0]
-    large = d.p_mean_variance(model, x_t, t, variance="fixed_large")["variance"][:, 0]
+    small = d.p_mean_variance(model, x_t, t, variance="fixed_small").variance[:, 0]
+    large = d.p_mean_variance(model, x_t, t, variance="fixed_large").variance[:, 0]
     torch.testing.assert_close(small, d.posterior_variance[t])
     torch.testing.assert_close(large, d.betas[t])
 
@@ -186,7 +186,7 @@ def test_p_sample_adds_no_noise_at_the_last_step():
         return 0.5 * x
 
     out = d.p_sample(model, x1, 0, noise=torch.randn_like(x1))
-    torch.testing.assert_close(out["sample"], d.p_mean_variance(model, x1, 0)["mean"])
+    torch.testing.assert_close(out.sample, d.p_mean_variance(model, x1, 0).mean)
 
 
 def test_clipping_keeps_predicted_x0_in_data_range():
@@ -197,7 +197,7 @@ def test_clipping_keeps_predicted_x0_in_data_range():
         return -x
 
     out = d.p_mean_variance(model, x_t, torch.tensor([10, 900]), clip_denoised=True)
-    assert out["pred_x0"].abs().max() <= 1.0
+    assert out.pred_x0.abs().max() <= 1.0
 
 
 @pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])

@@ -1,4 +1,4 @@
-"""Specification of data-parallel training (ddpm_lib.distributed) on CPU with gloo."""
+"""Specification of data-parallel training (ddpm_lib.accel.distributed) on CPU with gloo."""
 
 import os
 import socket
@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ddpm_lib.checkpoint import load_checkpoint
-from ddpm_lib.distributed import DistInfo, all_mean, current
-from ddpm_lib.train import TrainConfig, Trainer
+from ddpm_lib.accel.distributed import DistInfo, all_mean, current
+from ddpm_lib.training import TrainConfig, Trainer
+from ddpm_lib.training.checkpoint import load_checkpoint
 
 
 def _free_port() -> int:

@@ -15,10 +15,13 @@ import torch
 from torch import nn
 
 from ddpm_lib.diffusion import GaussianDiffusion
-from ddpm_lib.losses import LN2, vb_term_bpd
-from ddpm_lib.models import UNet, UNetConfig
+from ddpm_lib.elbo import vb_term_bpd
+from ddpm_lib.gaussian import LN2
+from ddpm_lib.nets import UNet, UNetConfig
 from ddpm_lib.schedules import cosine_alpha_bar, cosine_beta_schedule, linear_beta_schedule
-from helpers import OracleEps, mc_tolerance
+from ddpm_lib.oracles import GaussianOracle, PointOracle
+from ddpm_lib.samplers import ddpm_sample
+from helpers import mc_tolerance
 
 T = 1000
 F64 = torch.float64
@@ -160,21 +163,21 @@ def seed_001_reverse_loop(d: GaussianDiffusion, model, x: torch.Tensor, g) -> to
     """The write-up's loop: code indices T-1 .. 1 only, and no noise at index 1."""
     for i in reversed(range(1, d.num_timesteps)):
         z = torch.zeros_like(x) if i == 1 else torch.randn(x.shape, dtype=x.dtype, generator=g)
-        x = d.p_sample(model, x, i, noise=z, clip_denoised=False)["sample"]
+        x = d.p_sample(model, x, i, noise=z, clip_denoised=False).sample
     return x
 
 
 def test_e05_reverse_loop_visits_every_step_and_ends_noise_free(diffusion):
     d, n = diffusion, 4096
     x_star = torch.full((1, 1), 0.3, dtype=F64)
-    spy = Spy(OracleEps(d, x_star))
+    spy = Spy(PointOracle(d, x_star))
     x_T = torch.randn(n, 1, dtype=F64, generator=gen(6))
-    out = d.sample(spy, (n, 1), noise=x_T, clip_denoised=False, generator=gen(7), progress=False)
+    out = ddpm_sample(d, spy, x_T, clip_denoised=False, generator=gen(7), progress=False)
     assert spy.calls == list(range(T - 1, -1, -1))  # T calls, the last one at index 0 (t = 1)
     # With the oracle x̂_0 = x*, the last step (coef1 = 1, coef2 = 0, no noise) returns x*.
     assert (out - x_star).abs().max().item() < 1e-9
 
-    spy_seed = Spy(OracleEps(d, x_star))
+    spy_seed = Spy(PointOracle(d, x_star))
     out_seed = seed_001_reverse_loop(d, spy_seed, x_T, gen(7))
     assert spy_seed.calls == list(range(T - 1, 0, -1))  # T-1 calls: book step 1 never runs
     # It stops at x_1 = μ̃_2(x*, x_2), whose spread around √ᾱ_1 x* is coef2·√(1-ᾱ_2) (x_2 drawn
@@ -188,11 +191,11 @@ def test_e05_reverse_loop_visits_every_step_and_ends_noise_free(diffusion):
 def test_e05_p_sample_ignores_the_noise_only_at_code_index_0(diffusion):
     d = diffusion
     x = torch.randn(5, 3, dtype=F64, generator=gen(8))
-    model = OracleEps(d, torch.zeros(1, 3, dtype=F64))
+    model = PointOracle(d, torch.zeros(1, 3, dtype=F64))
     z1, z2 = torch.randn(2, 5, 3, dtype=F64, generator=gen(9))
-    last = [d.p_sample(model, x, 0, noise=z)["sample"] for z in (z1, z2)]
+    last = [d.p_sample(model, x, 0, noise=z).sample for z in (z1, z2)]
     assert torch.equal(last[0], last[1])
-    second_last = [d.p_sample(model, x, 1, noise=z)["sample"] for z in (z1, z2)]
+    second_last = [d.p_sample(model, x, 1, noise=z).sample for z in (z1, z2)]
     assert not torch.allclose(second_last[0], second_last[1])
 
 
@@ -303,20 +306,6 @@ def test_e08_q_sample_scales_x0_by_sqrt_alpha_bar(diffusion):
 
 
 # E9 (write-up 003) ------------------------------------------------------------------------------
-class GaussianOracle:
-    """Exact ε for data x_0 ~ N(0, s²): E[x_0 | x_t] = √ᾱ_t s² x_t/(ᾱ_t s² + 1 - ᾱ_t)."""
-
-    def __init__(self, d: GaussianDiffusion, s2: float) -> None:
-        ab = d.alphas_cumprod
-        self.d, self.gain = d, ab.sqrt() * s2 / (ab * s2 + 1 - ab)
-
-    def x0(self, x_t, t):
-        return self.gain[t].reshape(-1, 1) * x_t
-
-    def __call__(self, x_t, t):
-        return self.d.predict_eps_from_x0(x_t, t, self.x0(x_t, t))
-
-
 def renoising_sampler(d: GaussianDiffusion, oracle: GaussianOracle, x, g):
     """The write-up's sampler: x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1-ᾱ_{t-1}) z (a fresh marginal draw)."""
     for i in reversed(range(d.num_timesteps)):
@@ -349,9 +338,7 @@ def test_e09_sampler_draws_the_posterior_not_a_renoised_x0_hat(diffusion):
     assert v_renoise < 0.6 * s2
 
     x_T = torch.randn(n, 1, dtype=F64, generator=gen(15))
-    ours = d.sample(
-        oracle, (n, 1), noise=x_T, clip_denoised=False, generator=gen(16), progress=False
-    )
+    ours = ddpm_sample(d, oracle, x_T, clip_denoised=False, generator=gen(16), progress=False)
     theirs = renoising_sampler(d, oracle, x_T.clone(), gen(17))
     # Each output is N(0, v) exactly; the sample variance has standard deviation v·√(2/(n-1)).
     assert abs(ours.var().item() - v_post) < mc_tolerance(v_post * math.sqrt(2), n - 1)

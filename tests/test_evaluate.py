@@ -1,4 +1,4 @@
-"""Specification of ddpm_lib.evaluate and the classifier / evaluate commands."""
+"""Specification of ddpm_lib.evaluation.evaluate and the classifier / evaluate commands."""
 
 import json
 import math
@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lib.checkpoint import CheckpointError
 from ddpm_lib.cli import main
 from ddpm_lib.data import holdout_split, load_image_dataset
-from ddpm_lib.evaluate import (
+from ddpm_lib.evaluation.evaluate import (
     evaluate_checkpoint,
     load_classifier,
     parse_sampler,
     real_sets,
     save_classifier,
 )
-from ddpm_lib.metrics import FeatureNet, extract_features
-from ddpm_lib.pretrained import find_checkpoint
+from ddpm_lib.evaluation.metrics import FeatureNet, extract_features
+from ddpm_lib.training.checkpoint import CheckpointError
+from ddpm_lib.training.pretrained import find_checkpoint
 
 MNIST_CONFIG = {"dataset": "mnist", "split": "test", "holdout": 1000}
 
@@ -129,7 +129,7 @@ def test_evaluate_refuses_an_unknown_sampler(capsys):
 
 
 def test_evaluate_without_a_classifier_says_how_to_train_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("ddpm_lib.evaluate.find_checkpoint", lambda name: None)
+    monkeypatch.setattr("ddpm_lib.evaluation.evaluate.find_checkpoint", lambda name: None)
     args = ["evaluate", "--checkpoint", str(find_checkpoint("mnist")), "--n", "4"]
     assert main(args + ["--device", "cpu", "--no-progress"]) == 1
     assert "python -m ddpm_lib classifier --dataset mnist" in capsys.readouterr().err

@@ -1,9 +1,9 @@
-"""Specification of the learned variance (model_var_type="learned_range") and the hybrid loss.
+"""Specification of ddpm_lib.learned_variance: LearnedRangeDiffusion and the hybrid loss.
 
 Nichol & Dhariwal (2021): the network returns [prediction | ν], ν in [-1, 1] sets
 log σ_t² = ½(1+ν) log β_t + ½(1-ν) log β̃_t, and it trains on L_simple + λ T L_t with the mean's
 gradient stopped in L_t. Exact identities are checked in float64 (tolerance: a few roundings,
-1e-12); network comparisons in float32 (1e-5, as in test_fast).
+1e-12); network comparisons in float32 (1e-5, as in test_graphs).
 """
 
 import dataclasses
@@ -13,23 +13,24 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_lib.checkpoint import load_checkpoint
 from ddpm_lib.cli import main
-from ddpm_lib.diffusion import HYBRID_VLB_WEIGHT, GaussianDiffusion, diffusion_for
-from ddpm_lib.fast import StepTables, ddpm_step
-from ddpm_lib.losses import elbo_bpd, vb_term_bpd
-from ddpm_lib.models import UNET_PRESETS, UNet
-from ddpm_lib.samplers import ddim_sample_loop
+from ddpm_lib.diffusion import GaussianDiffusion
+from ddpm_lib.elbo import elbo_bpd, vb_term_bpd
+from ddpm_lib.learned_variance import HYBRID_VLB_WEIGHT, LearnedRangeDiffusion
+from ddpm_lib.nets import UNET_PRESETS, UNet
+from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedules import linear_beta_schedule
-from ddpm_lib.train import TrainConfig, Trainer, with_variance_channels
+from ddpm_lib.training import TrainConfig, Trainer, diffusion_for
+from ddpm_lib.training.checkpoint import load_checkpoint
+from ddpm_lib.training.config import with_variance_channels
 
 F64 = dict(rtol=1e-12, atol=1e-12)
 F32 = dict(rtol=1e-5, atol=1e-5)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def learned(T: int = 1000) -> GaussianDiffusion:
-    return GaussianDiffusion(linear_beta_schedule(T), "eps", "learned_range")
+def learned(T: int = 1000) -> LearnedRangeDiffusion:
+    return LearnedRangeDiffusion(linear_beta_schedule(T))
 
 
 def random_unet(out_channels: int = 2) -> UNet:
@@ -47,7 +48,7 @@ def eight_bit(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
 
 
 def test_learned_log_variance_spans_the_two_fixed_variances():
-    d = GaussianDiffusion(linear_beta_schedule(1000).double(), "eps", "learned_range")
+    d = LearnedRangeDiffusion(linear_beta_schedule(1000).double())
     x = torch.zeros(3, 1, 2, 2, dtype=torch.float64)
     t = torch.tensor([0, 1, 999])
     one = torch.ones_like(x)
@@ -71,15 +72,15 @@ def test_p_mean_variance_takes_the_mean_from_the_first_half_and_the_variance_fro
     t = torch.tensor([3, 700])
     a = d_learned.p_mean_variance(net, x, t)
     b = d_fixed.p_mean_variance(eps_net, x, t)
-    torch.testing.assert_close(a["mean"], b["mean"], **F32)
-    torch.testing.assert_close(a["log_variance"], d_learned.learned_log_variance(nu, t, x), **F32)
-    torch.testing.assert_close(a["variance"], a["log_variance"].exp(), **F32)
+    torch.testing.assert_close(a.mean, b.mean, **F32)
+    torch.testing.assert_close(a.log_variance, d_learned.learned_log_variance(nu, t, x), **F32)
+    torch.testing.assert_close(a.variance, a.log_variance.exp(), **F32)
 
 
 def test_exact_mean_and_posterior_variance_make_every_kl_term_zero(oracle_eps):
     # Data = one 8-bit image x*: the oracle's mean is the true posterior mean, and ν = -1 is
     # the true posterior variance β̃_t, so L_{t-1} = KL(q || p) vanishes for t ≥ 2 (book steps).
-    d = GaussianDiffusion(linear_beta_schedule(100).double(), "eps", "learned_range")
+    d = LearnedRangeDiffusion(linear_beta_schedule(100).double())
     x_star = eight_bit((1, 1, 4, 4))
     oracle = oracle_eps(d, x_star)
 
@@ -108,7 +109,7 @@ def test_hybrid_loss_is_l_simple_plus_lambda_t_times_the_elbo_term():
     t = torch.tensor([0, 1, 25, 49])
     noise = torch.randn_like(x0)
     model = random_unet()
-    loss = d.training_loss(model, x0, t, noise)
+    loss = d.training_loss(model, x0, t=t, noise=noise)
     x_t = d.q_sample(x0, t, noise)
     out = model(x_t, t)
     mse = (out[:, :1] - noise).pow(2).flatten(1).mean(1)
@@ -124,7 +125,7 @@ def test_hybrid_loss_trains_the_mean_on_l_simple_only_and_the_variance_on_l_vlb_
     t = torch.tensor([0, 10, 40])
     noise = torch.randn_like(x0)
     raw = (torch.randn(3, 2, 4, 4) * 0.5).requires_grad_()
-    d.training_loss(lambda *_: raw, x0, t, noise).sum().backward()
+    d.training_loss(lambda *_: raw, x0, t=t, noise=noise).sum().backward()
     # d/dε̂ of mean((ε̂ - ε)²) over D = 16 pixels is 2(ε̂ - ε)/16: nothing from L_vlb.
     torch.testing.assert_close(raw.grad[:, :1], 2 * (raw[:, :1] - noise).detach() / 16, **F32)
     # The variance half gets exactly the gradient of λ T L_t.
@@ -145,20 +146,7 @@ def test_elbo_of_a_learned_variance_network_with_v_minus_one_is_the_fixed_small_
     x0 = eight_bit((2, 1, 16, 16)).float()
     a = elbo_bpd(d_learned, net, x0, generator=torch.Generator().manual_seed(0), progress=False)
     b = elbo_bpd(d_fixed, eps_net, x0, generator=torch.Generator().manual_seed(0), progress=False)
-    torch.testing.assert_close(a["total"], b["total"], rtol=1e-5, atol=1e-5)
-
-
-def test_fast_step_with_learned_variance_equals_p_sample():
-    d = learned()
-    model = random_unet()
-    tables = StepTables.build(d, torch.device("cpu"))
-    torch.manual_seed(1)
-    x = torch.randn(3, 1, 16, 16)
-    for i in (0, 1, 10, 500, 999):
-        z = torch.randn_like(x)
-        fast = ddpm_step(model, x, torch.tensor(i), tables, z)
-        plain = d.p_sample(model, x, i, noise=z)["sample"]
-        torch.testing.assert_close(fast, plain, **F32)
+    torch.testing.assert_close(a.total, b.total, rtol=1e-5, atol=1e-5)
 
 
 def test_ddim_and_the_ode_score_see_only_the_mean_half():
@@ -170,9 +158,8 @@ def test_ddim_and_the_ode_score_see_only_the_mean_half():
     runs = []
     for d, net in ((d_learned, model), (d_fixed, d_learned.mean_model(model))):
         gen = torch.Generator().manual_seed(0)
-        runs.append(
-            ddim_sample_loop(d, net, (2, 1, 16, 16), steps=10, generator=gen, progress=False)
-        )
+        x_T = torch.randn((2, 1, 16, 16), generator=gen)
+        runs.append(ddim_sample(d, net, x_T, 10, generator=gen, progress=False))
     torch.testing.assert_close(runs[0], runs[1], **F32)
 
 
@@ -184,8 +171,17 @@ def test_a_network_without_the_variance_channels_is_refused():
 def test_learned_range_variance_needs_a_learned_variance_diffusion():
     d = GaussianDiffusion(linear_beta_schedule(10))
     x = torch.randn(1, 1, 16, 16)
-    with pytest.raises(ValueError, match="model_var_type='learned_range'"):
+    with pytest.raises(ValueError, match="unknown variance 'learned_range'"):
         d.p_mean_variance(random_unet(out_channels=1), x, 3, variance="learned_range")
+    with pytest.raises(ValueError, match="LearnedRangeDiffusion"):
+        GaussianDiffusion(linear_beta_schedule(10), "eps", "learned_range")
+
+
+def test_a_learned_variance_network_may_be_run_with_a_fixed_variance():
+    d = learned(T=10)
+    x, t = torch.randn(1, 1, 16, 16), torch.tensor([4])
+    out = d.p_mean_variance(random_unet(), x, t, variance="fixed_small")
+    torch.testing.assert_close(out.variance, d.posterior_variance[4].float().expand_as(x))
 
 
 def test_learned_variance_doubles_the_output_channels_of_a_preset():
@@ -222,12 +218,12 @@ def test_trainer_trains_a_learned_variance_network_and_its_checkpoint_restores_i
     assert all(math.isfinite(v) for v in trainer.history["loss"])
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt["config"]["var_type"] == "learned_range"
-    assert diffusion_for(ckpt["config"]).learned_variance
+    assert isinstance(diffusion_for(ckpt["config"]), LearnedRangeDiffusion)
 
 
 def test_var_type_flag_reaches_the_training_config(tmp_path):
     args = ["train", "--dataset", "fashion_mnist", "--var-type", "learned_range"]
-    args += ["--ch", "16", "--ch-mult", "1,2", "--num-res-blocks", "1", "--attn", ""]
+    args += ["--ch", "16", "--ch-mult", "1,2", "--num-res-blocks", "1", "--attn-resolutions", ""]
     args += ["--num-groups", "8", "--num-timesteps", "20", "--steps", "2", "--batch-size", "4"]
     args += ["--out-dir", str(tmp_path), "--no-progress"]
     assert main(args) == 0
@@ -244,7 +240,7 @@ def test_a_checkpoint_written_before_var_type_existed_still_resumes(tmp_path):
     Trainer(cfg, data=data, device="cpu").run(progress=False)
     ckpt = load_checkpoint(tmp_path / "last.pt")
     del ckpt["config"]["var_type"]  # as written by earlier versions
-    assert not diffusion_for(ckpt["config"]).learned_variance
+    assert not isinstance(diffusion_for(ckpt["config"]), LearnedRangeDiffusion)
     resumed = Trainer(cfg, data=data, device="cpu")
     resumed.load_state_dict(ckpt)
     assert resumed.step == 2

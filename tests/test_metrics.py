@@ -1,4 +1,4 @@
-"""Specification of ddpm_lib.metrics: Fréchet distance, precision/recall, classifier, ELBO."""
+"""Specification of ddpm_lib.evaluation.metrics: FD, precision/recall, classifier, ELBO."""
 
 import math
 
@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from ddpm_lib.diffusion import GaussianDiffusion
-from ddpm_lib.losses import discretized_gaussian_log_likelihood
-from ddpm_lib.metrics import (
+from ddpm_lib.evaluation.metrics import (
     FeatureNet,
     elbo_summary,
     extract_features,
@@ -18,6 +17,7 @@ from ddpm_lib.metrics import (
     precision_recall,
     train_classifier,
 )
+from ddpm_lib.gaussian import discretized_gaussian_log_likelihood
 from ddpm_lib.schedules import linear_beta_schedule
 
 # float64 eigen-decompositions of well-conditioned D x D matrices: errors of a few ulps times

@@ -1,4 +1,4 @@
-"""Tests for ddpm_lib.models: shapes, time conditioning, parameter counts, errors, round trips."""
+"""Tests for ddpm_lib.nets: shapes, time conditioning, parameter counts, errors, round trips."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_lib.models import (
+from ddpm_lib.nets import (
     UNET_PRESETS,
-    AttnBlock,
     ToyMLP,
     ToyMLPConfig,
     UNet,
@@ -22,6 +21,7 @@ from ddpm_lib.models import (
     model_spec,
     timestep_embedding,
 )
+from ddpm_lib.nets.unet import AttnBlock
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: 1 thread is faster
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_lib.pretrained import REPO_URL
+from ddpm_lib.training.pretrained import REPO_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = [

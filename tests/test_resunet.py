@@ -1,4 +1,4 @@
-"""Specification of ddpm_lib.resunet: the denoising-diffusion-pytorch UNet layout."""
+"""Specification of ddpm_lib.nets.resunet: the denoising-diffusion-pytorch UNet layout."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_lib.models import build_model, count_parameters, model_spec
-from ddpm_lib.resunet import LinearAttention, ResUNet, ResUNetConfig, SoftmaxAttention
-from ddpm_lib.train import TrainConfig, Trainer
+from ddpm_lib.nets import build_model, count_parameters, model_spec
+from ddpm_lib.nets.resunet import LinearAttention, ResUNet, ResUNetConfig, SoftmaxAttention
+from ddpm_lib.training import TrainConfig, Trainer
 
 # Two levels at 8×8 and 4×4, a few thousand parameters: milliseconds per forward pass.
 SMALL = ResUNetConfig(
@@ -117,8 +117,8 @@ def test_build_model_and_model_spec_round_trip():
 
 def test_importing_resunet_first_still_registers_the_model_type():
     code = (
-        "import ddpm_lib.resunet\n"
-        "from ddpm_lib.models import build_model\n"
+        "import ddpm_lib.nets.resunet\n"
+        "from ddpm_lib.nets import build_model\n"
         "print(type(build_model({'type': 'resunet', 'dim': 8})).__name__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -125,8 +125,9 @@ def _flow_error(method, steps):
     x1 = torch.linspace(-2, 2, 9, dtype=torch.float64).reshape(-1, 1)
     t_end = 1e-3
     got = probability_flow_sample(
-        sde, gaussian_score(sde), (9, 1), steps, t_end, method, False, x1, progress=False
-    )
+        sde, gaussian_score(sde), x1, steps, t_end=t_end, method=method, denoise=False,
+        progress=False,
+    )  # fmt: skip
     one, end = torch.ones(1, dtype=torch.float64), torch.full((1,), t_end, dtype=torch.float64)
     (m1, v1), (me, ve) = gaussian_marginal(sde, one), gaussian_marginal(sde, end)
     exact = me + (ve / v1).sqrt() * (x1 - m1)
@@ -164,17 +165,11 @@ def test_euler_maruyama_matches_its_exact_moment_recursion_and_converges():
         return mean, var
 
     n, steps = 50_000, 200
+    x_1 = torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x = euler_maruyama_sample(
-        sde,
-        gaussian_score(sde),
-        (n, 1),
-        steps,
-        t_end,
-        denoise=False,
-        generator=torch.Generator().manual_seed(0),
-        progress=False,
-        x_init=torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
-    )
+        sde, gaussian_score(sde), x_1, steps, t_end=t_end, denoise=False,
+        generator=torch.Generator().manual_seed(0), progress=False,
+    )  # fmt: skip
     mean, var = recursion(steps)
     assert abs(x.mean().item() - mean) < mc_tolerance(math.sqrt(var), n)
     assert abs(x.var().item() - var) < mc_tolerance(math.sqrt(2) * var, n - 1)
@@ -202,13 +197,7 @@ def test_oracle_eps_model_drives_sde_samplers_to_the_data_point(sampler, oracle_
 
     score = eps_model_score_fn(sde, model, T)
     x = sampler(
-        sde,
-        score,
-        (4, 3),
-        steps=100,
-        t_end=1 / T,
-        progress=False,
-        x_init=torch.randn(4, 3, dtype=torch.float64),
+        sde, score, torch.randn(4, 3, dtype=torch.float64), 100, t_end=1 / T, progress=False
     )
     torch.testing.assert_close(x, x_star.expand(4, 3), rtol=0, atol=1e-9)
     # At grid points the SDE oracle and the discrete oracle agree.
@@ -223,9 +212,35 @@ def test_bad_sde_arguments_are_rejected():
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         VESDE(1.0, 0.5)
     with pytest.raises(ValueError, match=r"t_end must lie in \(0, 1\)"):
-        probability_flow_sample(VPSDE(), lambda x, t: -x, (2, 1), steps=5, t_end=0.0)
+        probability_flow_sample(VPSDE(), lambda x, t: -x, torch.zeros(2, 1), 5, t_end=0.0)
     with pytest.raises(ValueError, match="unknown ODE method"):
-        probability_flow_sample(VPSDE(), lambda x, t: -x, (2, 1), method="rk4")
+        probability_flow_sample(VPSDE(), lambda x, t: -x, torch.zeros(2, 1), method="rk4")
+
+
+@pytest.mark.parametrize("sampler", [euler_maruyama_sample, probability_flow_sample])
+def test_sde_samplers_hand_each_step_to_the_callback_with_tweedies_estimate(sampler):
+    sde, seen = VPSDE(), []
+    x_1 = torch.randn(3, 1, dtype=torch.float64)
+    score = gaussian_score(sde)
+    sampler(sde, score, x_1, 4, denoise=False, callback=seen.append, progress=False)
+    assert [s.i for s in seen] == [0, 1, 2, 3] and torch.equal(seen[0].x_t, x_1)
+    t = torch.ones(3, dtype=torch.float64)
+    torch.testing.assert_close(seen[0].pred_x0, tweedie_denoise(sde, score, x_1, t))
+
+
+def test_the_score_of_an_eps_model_refuses_time_zero_where_it_is_infinite():
+    sde = DiscreteVPSDE(get_beta_schedule("linear", T))
+    score = eps_model_score_fn(sde, lambda x, t: torch.ones_like(x), T)
+    x = torch.zeros(2, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="marginal std σ_t is 0.*t_end > 0"):
+        score(x, torch.tensor([0.5, 0.0], dtype=torch.float64))
+    assert torch.isfinite(score(x, torch.tensor([0.5, 1e-3], dtype=torch.float64))).all()
+
+
+def test_tweedie_refuses_time_zero():
+    sde = VPSDE()
+    with pytest.raises(ValueError, match="tweedie_denoise.*σ_t is 0"):
+        tweedie_denoise(sde, gaussian_score(sde), torch.zeros(1, 1), torch.zeros(1))
 
 
 # ----------------------------------------------------------------------------- likelihood
@@ -284,8 +299,10 @@ def test_ode_likelihood_of_gaussian_data_converges_at_second_order_to_the_exact_
 
     errors = []
     for steps in (25, 50, 100):
-        out = ode_log_likelihood(sde, score, x, steps, t_start, prior_logp=prior, progress=False)
-        errors.append((out["log_likelihood"] - exact).abs().max().item())
+        out = ode_log_likelihood(
+            sde, score, x, steps, t_start=t_start, prior_logp=prior, progress=False
+        )
+        errors.append((out.log_likelihood - exact).abs().max().item())
     orders = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
     assert all(1.7 < p < 2.3 for p in orders), (errors, orders)
 
@@ -294,3 +311,49 @@ def test_ode_likelihood_refuses_a_start_time_outside_zero_one():
     sde, score, _ = _gaussian_data_sde(0.0, 1.0)
     with pytest.raises(ValueError, match="t_start"):
         ode_log_likelihood(sde, score, torch.zeros(2, 2), t_start=0.0)
+
+
+def test_ode_likelihood_takes_its_prior_from_the_sde_so_a_ve_endpoint_is_scored_right():
+    # Data N(MU, S2) per coordinate under the VE-SDE: dx = g dW adds σ(t)² - σ_min² of variance,
+    # so p_t = N(MU, S2 + σ(t)² - σ_min²) exactly and so is its score.
+    sde = VESDE(sigma_min=0.01, sigma_max=50.0)
+
+    def var(t):
+        return S2 + sde.sigma(t) ** 2 - sde.sigma_min**2
+
+    def score(x, t):
+        return -(x - MU) / var(t)[:, None]
+
+    def log_p(x, t):
+        v = var(t)[:, None]
+        return (-0.5 * (x - MU) ** 2 / v - 0.5 * torch.log(2 * math.pi * v)).sum(1)
+
+    x = torch.tensor([[0.1, 1.2], [-0.5, 0.9], [1.5, 0.0]], dtype=torch.float64)
+    t_start, ones = 1e-3, torch.ones(3, dtype=torch.float64)
+    exact = log_p(x, torch.full((3,), t_start, dtype=torch.float64))
+    default = ode_log_likelihood(sde, score, x, 100, t_start=t_start, progress=False)
+    true_prior = ode_log_likelihood(
+        sde, score, x, 100, t_start=t_start, prior_logp=lambda y: log_p(y, ones), progress=False
+    )
+    # The default prior is the SDE's N(0, σ_max² I) ...
+    mismatch = sde.prior_logp(default.x1) - log_p(default.x1, ones)
+    torch.testing.assert_close(default.prior_logp, sde.prior_logp(default.x1))
+    torch.testing.assert_close(default.log_likelihood - true_prior.log_likelihood, mismatch)
+    # ... close to the true p_1 (mean MU and variance S2 off a variance of σ_max² = 2500), so
+    # the result is off by that mismatch and Heun's discretization error (what the exact prior
+    # leaves), no more.
+    heun = (true_prior.log_likelihood - exact).abs()
+    assert ((default.log_likelihood - exact).abs() <= heun + mismatch.abs() + 1e-12).all()
+    # A standard-normal prior, the old default, scores the wide VE end point absurdly.
+    vp_prior = VPSDE().prior_logp
+    wrong = ode_log_likelihood(
+        sde, score, x, 100, t_start=t_start, prior_logp=vp_prior, progress=False
+    )
+    assert ((wrong.log_likelihood - exact).abs() > 100).all()
+
+
+def test_ve_prior_log_density_is_the_wide_gaussian():
+    sde = VESDE(0.01, 50.0)
+    z = torch.randn(4, 3, dtype=torch.float64)
+    normal = torch.distributions.Normal(torch.zeros(3, dtype=torch.float64), 50.0)
+    torch.testing.assert_close(sde.prior_logp(z), normal.log_prob(z).sum(1))

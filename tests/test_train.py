@@ -1,4 +1,4 @@
-"""Specification of ddpm_lib.train: training, EMA, NaN handling, exact resume (Chapter 4)."""
+"""Specification of ddpm_lib.training: training, EMA, NaN handling, exact resume (Chapter 4)."""
 
 import math
 import os
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lib.checkpoint import CheckpointError, load_checkpoint
-from ddpm_lib.models import build_model
-from ddpm_lib.train import NonFiniteLossError, TrainConfig, Trainer
+from ddpm_lib.nets import build_model
+from ddpm_lib.training import NonFiniteLossError, TrainConfig, Trainer
+from ddpm_lib.training.checkpoint import CheckpointError, load_checkpoint
 
 SMALL_UNET_28 = {
     "type": "unet",

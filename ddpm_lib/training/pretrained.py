@@ -1,14 +1,14 @@
 """The chapters' checkpoints: find, download (in Colab), load, or train (load-or-train).
 
-A chapter calls ``load_or_train(name, config)``: it uses the shipped checkpoint
-``checkpoints/<name>.pt`` when it can find or fetch it, and trains with ``config`` otherwise.
-``quick_mode()`` is the switch (environment variable ``DDPM_QUICK=1``) that ``make test`` sets
-so that every notebook runs its same code with tiny step counts.
+A chapter calls ``load_or_train(name)``: it uses the shipped checkpoint ``checkpoints/<name>.pt``
+when it can find or fetch it, and otherwise trains with the recipe that made that checkpoint
+(:data:`~ddpm_lib.training.recipes.RECIPES`), cut to a few steps in quick mode.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,20 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..diffusion import GaussianDiffusion
+from ..utils import get_device, quick_mode
 from .checkpoint import load_model
-from .diffusion import GaussianDiffusion, diffusion_for
-from .train import TrainConfig, Trainer
-from .utils import get_device
+from .config import diffusion_for
+from .recipes import recipe
+from .trainer import Trainer
 
 # The repository's address; _config.yml's repository.url must match (tests/test_pretrained.py).
 REPO_URL = "https://github.com/ddpm-book/ddpm-book"
 CHECKPOINT_ENV = "DDPM_CHECKPOINTS"
-QUICK_ENV = "DDPM_QUICK"
-
-
-def quick_mode() -> bool:
-    """True when ``DDPM_QUICK`` is set to 1/true/yes: notebooks shrink their step counts."""
-    return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def cache_dir() -> Path:
@@ -96,17 +92,38 @@ def load_pretrained(
 
 def load_or_train(
     name: str,
-    config: TrainConfig,
+    *,
     device: str | torch.device | None = None,
     download: bool = True,
     progress: bool = True,
 ) -> Pretrained:
-    """The shipped checkpoint ``name`` if it can be had, else a model trained with ``config``."""
+    """The shipped checkpoint ``name`` if it can be had, else a model trained by its recipe.
+
+    The recipe is ``RECIPES[name]``, the one that made the shipped file; in quick mode
+    (``DDPM_QUICK=1``) it is cut to a few steps and trained in a temporary folder. A full
+    fallback run writes its checkpoints to ``~/.cache/ddpm_lib/runs/<name>``: the next call
+    loads the finished run from there, or continues an interrupted one.
+    """
     found = load_pretrained(name, device, download)
     if found is not None:
         return found
-    trainer = Trainer(config, device=device)
-    print(f"no checkpoint {name!r} found: training on {trainer.data_note}")
-    trainer.run(progress=progress)
+    quick = quick_mode()
+    config = recipe(name, quick=quick)
+    scratch = tempfile.TemporaryDirectory(prefix=f"ddpm_{name}_") if quick else None
+    out_dir = Path(scratch.name) if scratch else cache_dir().parent / "runs" / name
+    try:
+        last = out_dir / "last.pt"
+        if last.is_file():
+            trainer = Trainer.from_checkpoint(last, device=device)
+            print(f"no checkpoint {name!r} found: continuing {last} at step {trainer.step}")
+        else:
+            trainer = Trainer(config.replace(out_dir=str(out_dir)), device=device)
+            print(f"no checkpoint {name!r} found: training its recipe on {trainer.data_note}")
+        limit = config.time_limit
+        if trainer.step < config.steps and not (limit and trainer.train_seconds >= 60 * limit):
+            trainer.run(progress=progress)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     card = {"steps": trainer.step, "final_loss": trainer.history["loss"][-1]}
     return Pretrained(trainer.ema, trainer.diffusion, trainer.config.to_dict(), card, "trained now")

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .diffusion import GaussianDiffusion
-from .losses import elbo_bpd
+from ..diffusion import GaussianDiffusion
+from ..elbo import elbo_bpd
+from ..sde import DiscreteVPSDE, eps_model_score_fn, ode_log_likelihood
 
 Tensor = torch.Tensor
 
@@ -272,9 +273,9 @@ def elbo_summary(
         out = elbo_bpd(
             diffusion, model, x0[i : i + batch_size].to(device), generator=gen, progress=False
         )
-        totals.append(out["total"].cpu())
-        priors.append(out["prior"].cpu())
-        terms.append(out["terms"].cpu())
+        totals.append(out.total.cpu())
+        priors.append(out.prior.cpu())
+        terms.append(out.terms.cpu())
     total, prior, per_t = torch.cat(totals), torch.cat(priors), torch.cat(terms)
     n = len(total)
     return {
@@ -306,8 +307,6 @@ def ode_bits_per_dim(
     one Hutchinson probe per image. bits/dim = -log p(x̃)/(D ln 2) + log₂ 127.5: by Jensen's
     inequality an upper bound, in expectation over u, on the discrete model's -log₂ P(x_0)/D.
     """
-    from .sde import DiscreteVPSDE, eps_model_score_fn, ode_log_likelihood
-
     sde = DiscreteVPSDE(diffusion.betas)
     T = diffusion.num_timesteps
     score = eps_model_score_fn(sde, diffusion.mean_model(model), T)
@@ -318,9 +317,10 @@ def ode_bits_per_dim(
         x = x0[i : i + batch_size].to(device)
         u = (torch.rand(x.shape, generator=gen, device=device) * 2 - 1) / 255
         out = ode_log_likelihood(
-            sde, score, x + u, steps, 1.0 / T, hutchinson=True, generator=gen, progress=False
-        )
-        bpd.append((-out["log_likelihood"] / (dims * math.log(2)) + math.log2(127.5)).cpu())
+            sde, score, x + u, steps, t_start=1.0 / T, hutchinson=True, generator=gen,
+            progress=False,
+        )  # fmt: skip
+        bpd.append((-out.log_likelihood / (dims * math.log(2)) + math.log2(127.5)).cpu())
     values = torch.cat(bpd)
     n = len(values)
     return {

@@ -22,18 +22,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from .data import (
+from ..accel.graphs import GraphedSampler, prepare_model
+from ..data import (
     TOY_DATASETS,
-    default_gmm,
     from_model_range,
     holdout_split,
     load_image_dataset,
     to_model_range,
     toy_dataset,
 )
-from .diffusion import GaussianDiffusion, diffusion_for
-from .fast import GraphedSampler, prepare_model
+from ..diffusion import GaussianDiffusion
+from ..mixture import default_gmm
+from ..samplers import ddim_sample, ddpm_sample
+from ..sde import DiscreteVPSDE, eps_model_score_fn, ode_log_likelihood
+from ..training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from ..training.config import diffusion_for
+from ..training.pretrained import find_checkpoint
+from ..utils import get_device
 from .metrics import (
     FeatureNet,
     elbo_summary,
@@ -42,9 +47,6 @@ from .metrics import (
     ode_bits_per_dim,
     precision_recall,
 )
-from .pretrained import find_checkpoint
-from .sde import DiscreteVPSDE, eps_model_score_fn, ode_log_likelihood
-from .utils import get_device
 
 Tensor = torch.Tensor
 
@@ -201,20 +203,18 @@ def draw_samples(
             # outer autocast would keep its weight casts cached outside the graph.
             if graphed is None or tuple(graphed.x.shape) != shape:
                 net = prepare_model(model, channels_last=images, compile=True)
-                graphed = GraphedSampler(diffusion, net, shape, device, bf16, clip=images)
+                graphed = GraphedSampler(
+                    diffusion, net, shape, device=device, bf16=bf16, clip_denoised=images
+                )
             x = graphed.sample(progress=progress)
         else:
+            x_T = torch.randn(shape, device=device, generator=gen)
+            opts = dict(clip_denoised=images, generator=gen, progress=progress)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 if kind == "ddpm":
-                    x = diffusion.sample(
-                        model, shape, device=device, generator=gen, progress=progress,
-                        clip_denoised=images,
-                    )  # fmt: skip
+                    x = ddpm_sample(diffusion, model, x_T, **opts)
                 else:
-                    x = diffusion.ddim_sample(
-                        model, shape, steps=steps, device=device, generator=gen,
-                        progress=progress, clip_denoised=images,
-                    )  # fmt: skip
+                    x = ddim_sample(diffusion, model, x_T, steps, **opts)
         x = x.float()
         out.append(to_model_range(from_model_range(x)).cpu() if images else x.cpu())
     if device.type == "cuda":
@@ -307,7 +307,7 @@ def evaluate_checkpoint(
             "seconds": round(seconds, 1),
         }
         if grids is not None and not toy:
-            from .viz import save_grid
+            from ..viz import save_grid
 
             Path(grids).mkdir(parents=True, exist_ok=True)
             save_grid(x[:64], Path(grids) / f"{Path(checkpoint).stem}_{name}.png")
@@ -356,8 +356,9 @@ def _ode_likelihood(
     x = toy_dataset(dataset, n, torch.Generator().manual_seed(seed + 3)).to(device)
     sde = DiscreteVPSDE(diffusion.betas)
     score = eps_model_score_fn(sde, diffusion.mean_model(model), diffusion.num_timesteps)
-    out = ode_log_likelihood(sde, score, x, steps, 1.0 / diffusion.num_timesteps, progress=progress)
-    ll, exact = out["log_likelihood"].cpu(), default_gmm().log_prob(x.cpu()).double()
+    t_start = 1.0 / diffusion.num_timesteps
+    out = ode_log_likelihood(sde, score, x, steps, t_start=t_start, progress=progress)
+    ll, exact = out.log_likelihood.cpu(), default_gmm().log_prob(x.cpu()).double()
     return {
         "n": n,
         "mean_log_likelihood_nats": ll.mean().item(),

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import build_model
+from ..nets import build_model
 
 FORMAT = "ddpm_lib.checkpoint"
 VERSION = 1

@@ -1,8 +1,9 @@
-"""Specification of ddpm_lib.fast: the GPU fast path computes what the plain path computes.
+"""Specification of ddpm_lib.accel.graphs: the GPU fast path computes what the plain path computes.
 
-On the CPU the CUDA graph is not captured, but the captured function (``ddpm_step`` inside
-``GraphedSampler``) and the training options (channels_last) run and are compared here in
-float32. Tolerances: a handful of float32 roundings (2^-24 ≈ 6e-8 each) on O(1) values.
+On the CPU the CUDA graph is not captured, but the captured functions (``p_sample`` inside
+``GraphedSampler``, the trainer's ``update`` inside ``GraphedStep``) and the training options
+(channels_last) run and are compared here in float32. Tolerances: a handful of float32
+roundings (2^-24 ≈ 6e-8 each) on O(1) values.
 """
 
 import dataclasses
@@ -15,11 +16,13 @@ import pytest
 import torch
 from torch import nn
 
+from ddpm_lib.accel.graphs import GraphedSampler, prepare_model
 from ddpm_lib.diffusion import GaussianDiffusion
-from ddpm_lib.fast import GraphedSampler, StepTables, ddpm_step, prepare_model
-from ddpm_lib.models import UNET_PRESETS, UNet
+from ddpm_lib.learned_variance import LearnedRangeDiffusion
+from ddpm_lib.nets import UNET_PRESETS, UNet
+from ddpm_lib.samplers import ddpm_sample
 from ddpm_lib.schedules import linear_beta_schedule
-from ddpm_lib.train import TrainConfig, Trainer
+from ddpm_lib.training import TrainConfig, Trainer
 
 F32 = dict(rtol=1e-5, atol=1e-5)
 
@@ -32,42 +35,52 @@ def random_unet(**overrides) -> UNet:
     return model
 
 
-@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
-def test_fast_step_equals_p_sample(variance):
-    d = GaussianDiffusion(linear_beta_schedule(1000))
-    model = random_unet()
-    tables = StepTables.build(d, torch.device("cpu"), variance)
-    torch.manual_seed(1)
-    x = torch.randn(3, 1, 16, 16)
-    for i in (0, 1, 10, 500, 999):
-        z = torch.randn_like(x)
-        fast = ddpm_step(model, x, torch.tensor(i), tables, z)
-        plain = d.p_sample(model, x, i, noise=z, variance=variance)["sample"]
-        torch.testing.assert_close(fast, plain, **F32)
-
-
 def test_graphed_sampler_runs_the_same_chain_as_the_plain_loop():
     d = GaussianDiffusion(linear_beta_schedule(50, 2e-3, 0.4))
     model = random_unet()
     shape = (2, 1, 16, 16)
     torch.manual_seed(7)  # both draw x_T, then one z per step, from the global generator
-    plain = d.sample(model, shape, progress=False)
+    plain = ddpm_sample(d, model, torch.randn(shape), progress=False)
     torch.manual_seed(7)
-    fast = GraphedSampler(d, model, shape, "cpu").sample()
+    fast = GraphedSampler(d, model, shape, device="cpu").sample()
+    torch.testing.assert_close(fast, plain, **F32)
+
+
+@pytest.mark.parametrize(
+    "mean_type, var_type, out_channels",
+    [("eps", "fixed_large", None), ("x0", "fixed_small", None), ("v", "fixed_small", None),
+     ("eps", "learned_range", 2)],
+)  # fmt: skip
+def test_graphed_sampler_runs_every_parameterization_the_plain_loop_runs(
+    mean_type, var_type, out_channels
+):
+    # It captures p_sample itself, so whatever p_sample supports, it supports.
+    cls = LearnedRangeDiffusion if var_type == "learned_range" else GaussianDiffusion
+    d = cls(linear_beta_schedule(20, 2e-3, 0.4), mean_type, var_type)
+    model = random_unet(out_channels=out_channels)
+    torch.manual_seed(8)
+    plain = ddpm_sample(d, model, torch.randn(2, 1, 16, 16), progress=False)
+    torch.manual_seed(8)
+    fast = GraphedSampler(d, model, (2, 1, 16, 16), device="cpu").sample()
     torch.testing.assert_close(fast, plain, **F32)
 
 
 def test_graphed_sampler_with_an_oracle_returns_the_data_point(oracle_eps):
     d = GaussianDiffusion(linear_beta_schedule(1000))
     x_star = torch.rand(1, 1, 4, 4) * 2 - 1
-    out = GraphedSampler(d, oracle_eps(d, x_star), (3, 1, 4, 4), "cpu").sample()
+    out = GraphedSampler(d, oracle_eps(d, x_star), (3, 1, 4, 4), device="cpu").sample()
     torch.testing.assert_close(out, x_star.expand(3, -1, -1, -1), atol=1e-5, rtol=0)
 
 
-def test_fast_sampler_rejects_other_parameterizations():
-    d = GaussianDiffusion(linear_beta_schedule(10), model_mean_type="v")
-    with pytest.raises(ValueError, match="ε-prediction"):
-        StepTables.build(d, torch.device("cpu"))
+def test_graphed_sampler_can_sample_again_from_a_given_x_T():
+    d = GaussianDiffusion(linear_beta_schedule(10, 2e-3, 0.4))
+    sampler = GraphedSampler(d, random_unet(), (2, 1, 16, 16), device="cpu")
+    x_T = torch.randn(2, 1, 16, 16)
+    torch.manual_seed(3)
+    first = sampler.sample(x_T)
+    torch.manual_seed(3)
+    again = sampler.sample(x_T)  # the step index starts at T-1 again
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
 
 
 def test_channels_last_model_gives_the_same_output():

@@ -1,4 +1,4 @@
-"""Training with L_simple (Algorithm 1, Chapter 4): AdamW, EMA, clipping, checkpoints, resume.
+"""Training (Algorithm 1, Chapter 4): AdamW, EMA, clipping, checkpoints, exact resume.
 
 ``Trainer(config).run()`` trains; ``Trainer.from_checkpoint(path).run()`` continues a run that
 stopped (or was killed) at its last checkpoint and reproduces the uninterrupted run exactly:
@@ -10,12 +10,10 @@ run to run, which the tests avoid by using one thread.)
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,108 +21,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, config_mismatch, load_checkpoint, save_checkpoint
-from .data import IMAGE_SHAPES, TOY_DATASETS, canonical_name, holdout_split, load_image_dataset
-from .data import toy_dataset as make_toy_dataset
-from .diffusion import MEAN_TYPES, VAR_TYPES, diffusion_for
-from .distributed import all_mean, current, gather
-from .fast import GraphedTrainStep
-from .models import build_model, model_config, model_spec
-from .utils import get_device
+from ..accel.distributed import all_mean, current, gather
+from ..accel.graphs import GRAPHING_COMPILE_MODES, GraphedStep
+from ..data import IMAGE_SHAPES, TOY_DATASETS, holdout_split, load_image_dataset
+from ..data import toy_dataset as make_toy_dataset
+from ..elbo import check_data_range
+from ..nets import build_model, model_config, model_spec
+from ..utils import get_device
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import (
+    RESUMABLE,
+    TrainConfig,
+    diffusion_for,
+    resume_conflicts,
+    with_variance_channels,
+)
 
 Tensor = torch.Tensor
-
-# torch.compile modes that record CUDA graphs of their own (CUDA-graph trees).
-GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
-
-# Changing any of these between a checkpoint and a resumed run changes what is trained.
-IDENTITY_KEYS = (
-    "dataset", "split", "holdout", "model", "schedule", "num_timesteps", "mean_type", "var_type"
-)  # fmt: skip
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; stored in every checkpoint."""
-
-    dataset: str = "fashion_mnist"
-    split: str = "train"
-    holdout: int = 0  # hold out this many images (fixed seed 0), train on the rest
-    data_root: str | None = None
-    download: bool = False
-    toy_size: int = 10_000  # points drawn for a 2-D toy dataset
-    model: dict[str, Any] = field(default_factory=lambda: {"type": "unet", "preset": "mnist"})
-    schedule: str = "linear"
-    num_timesteps: int = 1000
-    mean_type: str = "eps"
-    # "learned_range": the network also outputs its variance, trained on the hybrid loss
-    var_type: str = "fixed_small"
-    steps: int = 10_000
-    batch_size: int = 128
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup: int = 0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    bf16: bool = False
-    channels_last: bool = False  # GPU fast path: NHWC layout for the convolutions
-    compile: bool = False  # GPU fast path: torch.compile the network
-    compile_mode: str | None = None  # e.g. "reduce-overhead" (CUDA graphs) for small models
-    cuda_graph: bool = False  # GPU fast path: the whole update as one CUDA graph (fast.py)
-    seed: int = 0
-    log_every: int = 100
-    save_every: int = 1000
-    out_dir: str = "runs/default"
-    time_limit: float | None = None  # minutes; stop and save at the first step past it
-
-    def validate(self) -> None:
-        positive = ("toy_size", "num_timesteps", "steps", "batch_size", "log_every", "save_every")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.mean_type not in MEAN_TYPES:
-            raise ValueError(f"mean_type must be one of {MEAN_TYPES}, got {self.mean_type!r}")
-        if self.var_type not in VAR_TYPES:
-            raise ValueError(f"var_type must be one of {VAR_TYPES}, got {self.var_type!r}")
-        if self.var_type == "learned_range" and self.dataset.lower() in TOY_DATASETS:
-            raise ValueError(
-                "var_type='learned_range' trains on the hybrid loss, whose decoder term L_0 is a "
-                "likelihood of 8-bit images; the 2-D toy data is continuous: use fixed_small"
-            )
-        if self.time_limit is not None and self.time_limit <= 0:
-            raise ValueError(
-                f"time_limit must be a positive number of minutes, got {self.time_limit}"
-            )
-        if self.holdout < 0 or self.warmup < 0 or self.grad_clip < 0:
-            raise ValueError("holdout, warmup and grad_clip must be non-negative")
-        if self.cuda_graph and self.compile_mode in GRAPHING_COMPILE_MODES:
-            raise ValueError(
-                f"cuda_graph captures the whole training step in one CUDA graph, and "
-                f"compile_mode={self.compile_mode!r} would capture graphs inside it: use "
-                "compile_mode=None (or 'max-autotune-no-cudagraphs') with cuda_graph"
-            )
-        name = self.dataset.lower()
-        if name not in TOY_DATASETS:
-            canonical_name(name)  # raises with the valid names
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; valid: {sorted(names)}")
-        return cls(**d)
 
 
 def load_training_data(config: TrainConfig) -> tuple[Tensor, str]:
@@ -144,31 +61,6 @@ def load_training_data(config: TrainConfig) -> tuple[Tensor, str]:
     if config.holdout:
         note += f" ({config.holdout} held out by holdout_split(seed=0))"
     return data.to_model_range(), note
-
-
-def with_variance_channels(spec: dict[str, Any], var_type: str) -> dict[str, Any]:
-    """``spec`` with out_channels = 2 × in_channels when the variance is learned.
-
-    A learned-variance network returns [prediction | ν] (``GaussianDiffusion.split_output``).
-    An explicit out_channels must already be 2 × in_channels.
-    """
-    if var_type != "learned_range":
-        return spec
-    cfg = model_config(spec)  # resolves presets
-    if not hasattr(cfg, "out_channels"):
-        raise ValueError(
-            f"var_type='learned_range' needs a network with an out_channels setting (type "
-            f"'unet'); model type {spec.get('type')!r} predicts only the mean"
-        )
-    want = 2 * cfg.in_channels
-    if cfg.out_channels is None:
-        return {**spec, "out_channels": want}
-    if cfg.out_channels != want:
-        raise ValueError(
-            f"var_type='learned_range' needs out_channels = 2 × in_channels = {want} "
-            f"(prediction and variance), got out_channels={cfg.out_channels}: drop it or set {want}"
-        )
-    return spec
 
 
 def _check_data_fits_model(data: Tensor, spec: dict[str, Any], dataset: str) -> None:
@@ -229,10 +121,10 @@ class Trainer:
         else:
             self.data_note = f"{len(data)} items given directly"
         if model is None:
-            config = dataclasses.replace(
-                config, model=with_variance_channels(config.model, config.var_type)
-            )
+            config = config.replace(model=with_variance_channels(config.model, config.var_type))
         _check_data_fits_model(data, config.model, config.dataset)
+        if config.var_type == "learned_range":  # the hybrid loss's decoder term reads [-1, 1]
+            check_data_range(data, "training data for var_type='learned_range'")
         # A distributed sampler: rank r trains on the disjoint shard r, r + W, r + 2W, ...
         # Held on the device: MNIST-size sets fit, and batches are then gathered there.
         self.data = data[self.dist.rank :: self.dist.world_size].to(self.device)
@@ -249,7 +141,7 @@ class Trainer:
             self.net = torch.compile(self.net, mode=config.compile_mode)  # type: ignore[assignment]
         # Store the resolved architecture (not a preset name) so checkpoints outlive presets.
         if model is None:
-            config = dataclasses.replace(config, model=model_spec(self.model))
+            config = config.replace(model=model_spec(self.model))
         self.config = config
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.diffusion = diffusion_for(config.to_dict())
@@ -269,7 +161,24 @@ class Trainer:
         self.history: dict[str, list[float]] = {"step": [], "loss": []}
         self.out_dir = Path(config.out_dir)
         self.last_checkpoint: Path | None = None
-        self.graphed = GraphedTrainStep(self) if config.cuda_graph else None
+        self.graphed: GraphedStep | None = None
+        if config.cuda_graph:
+            self._capture_updates()
+
+    def _capture_updates(self) -> None:
+        """Set up :meth:`update` as one CUDA graph: the learning rate and the EMA weight become
+        device tensors that the graph reads, filled before each replay."""
+        self.lr_tensor = torch.tensor(self.config.lr, dtype=torch.float32, device=self.device)
+        self.ema_weight = torch.zeros((), dtype=torch.float32, device=self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_tensor
+        self.graphed = GraphedStep(
+            lambda: self.update(self.ema_weight, cache_casts=False),
+            modules=[self.model, self.ema],
+            optimizer=self.optimizer,
+            generators=[self.data_gen, self.noise_gen],
+            device=self.device,
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -297,19 +206,17 @@ class Trainer:
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        # Keys added after a checkpoint was written (var_type) take their defaults.
-        saved = {**TrainConfig().to_dict(), **ckpt["config"]}
-        diff = config_mismatch(saved, self.config.to_dict(), IDENTITY_KEYS)
-        if diff:
+        conflicts = resume_conflicts(ckpt["config"], self.config.to_dict())
+        if conflicts:
             raise CheckpointError(
-                f"the checkpoint's config does not match this run ({diff}); resume with the "
-                "original settings or start a fresh run in a new --out-dir"
+                f"the checkpoint's config does not match this run ({'; '.join(conflicts)}); "
+                "resume with the original settings or start a fresh run in a new --out-dir"
             )
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.graphed is not None:  # new optimizer-state tensors: capture again
-            self.graphed = GraphedTrainStep(self)
+            self._capture_updates()
         self.step = int(ckpt["step"])
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
         self.history = {k: list(v) for k, v in ckpt["history"].items()}
@@ -339,10 +246,18 @@ class Trainer:
     ) -> Trainer:
         """Rebuild the trainer a checkpoint came from and restore its state.
 
-        ``overrides`` may change run-length settings (``steps``, ``save_every``, ``out_dir``
-        ...); changing what is trained (model, data, schedule) is an error.
+        ``overrides`` may change the resumable settings (``config.RESUMABLE``: ``steps``,
+        ``save_every``, ``out_dir``, ...); changing what is trained (model, data, schedule,
+        optimizer) is an error.
         """
         ckpt = load_checkpoint(path)
+        conflicts = resume_conflicts(ckpt["config"], {**ckpt["config"], **overrides})
+        if conflicts:
+            raise CheckpointError(
+                f"the checkpoint's config does not match this run ({'; '.join(conflicts)}): "
+                f"resuming {path} continues that run with its own settings, and only "
+                f"{', '.join(RESUMABLE)} may change"
+            )
         config_dict = {**ckpt["config"], **overrides}
         trainer = cls(TrainConfig.from_dict(config_dict), device=device)
         trainer.load_state_dict(ckpt)
@@ -382,21 +297,29 @@ class Trainer:
     def train_step(self) -> Tensor:
         """One optimizer step on a batch drawn with replacement; returns the loss (on device)."""
         if self.graphed is not None:
+            self.lr_tensor.fill_(self._lr())
+            self.ema_weight.fill_(1.0 - self.ema_decay())
             loss = self.graphed()
         else:
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr()
-            loss = self._update(1.0 - self.ema_decay())
+            loss = self.update(1.0 - self.ema_decay())
         self.step += 1
         # A copy: with CUDA graphs the next replay reuses the output's memory.
         return loss.clone()
 
-    def _update(self, ema_weight: float | Tensor, cache_casts: bool = True) -> Tensor:
-        """Algorithm 1 once: draw x_0, t and ε, take L_simple's gradient, clip it, step AdamW
-        and move the EMA a fraction ``ema_weight`` towards the new weights; the loss, detached.
+    def update(self, ema_weight: float | Tensor, *, cache_casts: bool = True) -> Tensor:
+        """Algorithm 1 (alg-ch4-training) once; returns the loss, detached.
 
-        ``ema_weight`` is a float, or a 0-d tensor when the step is captured in a CUDA graph
-        (``fast.GraphedTrainStep``), which also turns off autocast's cache of cast weights.
+        1. Draw a batch x_0 from the data (with replacement).
+        2. Draw t and ε and take the loss of ``diffusion.training_loss`` (L_simple, or the
+           hybrid loss for a learned variance).
+        3. Backpropagate, clip the gradient norm, step AdamW.
+        4. Move the EMA a fraction ``ema_weight`` towards the new weights.
+
+        ``ema_weight`` is a float, or a 0-d tensor when the update is captured in a CUDA graph
+        (:class:`~ddpm_lib.accel.graphs.GraphedStep`), which also turns off autocast's cache of
+        cast weights (``cache_casts``).
         """
         cfg = self.config
         idx = torch.randint(

@@ -9,8 +9,9 @@ a final residual block that sees the stem's output again. With ``dim=64`` and
 same parameter tensors in the same order (RMSNorm gains stored as [C], not [1, C, 1, 1]), and the
 same forward cost.
 
-The book's chapters use ``models.UNet`` (the network of Ho et al., 2020); ``ResUNet`` exists so
-that our benchmarks can time the same architecture that other code bases train.
+The book's chapters use :class:`ddpm_lib.nets.unet.UNet` (the network of Ho et al., 2020);
+``ResUNet`` is benchmark code: it exists so that our benchmarks can time the same architecture
+that other code bases train.
 
 ``forward(x [B, C, S, S], t [B]) -> eps [B, C, S, S]``; level ``i`` of ``len(dim_mults)``
 works at ``S / 2**i`` with ``dim * dim_mults[i-1]`` channels (``dim`` at level 0).
@@ -25,18 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import (
-    _MODEL_TYPES,
-    _check_image_batch,
-    _check_positive,
-    _check_t,
-    _ConfigDict,
+from .common import (
+    ConfigDict,
+    check_image_batch,
+    check_positive,
+    check_time_input,
+    setting,
     timestep_embedding,
 )
 
 
 @dataclass
-class ResUNetConfig(_ConfigDict):
+class ResUNetConfig(ConfigDict):
     """Hyper-parameters of ``ResUNet``; the defaults are the 35.7M-parameter CIFAR-10 network.
 
     Level ``i`` turns ``dim * dim_mults[i-1]`` channels (``dim`` for ``i = 0``) into
@@ -44,19 +45,19 @@ class ResUNetConfig(_ConfigDict):
     ``attn_dim_head`` features and ``num_mem_kv`` learned memory key/value pairs.
     """
 
-    image_size: int = 32
-    in_channels: int = 3
-    dim: int = 64
-    dim_mults: tuple[int, ...] = (1, 2, 4, 8)
-    attn_heads: int = 4
-    attn_dim_head: int = 32
-    num_mem_kv: int = 4
-    dropout: float = 0.0
+    image_size: int = setting(32, "height = width of the images")
+    in_channels: int = setting(3, "image channels (1 grey, 3 colour)")
+    dim: int = setting(64, "ResUNet base channels")
+    dim_mults: tuple[int, ...] = setting((1, 2, 4, 8), "ResUNet channel multipliers")
+    attn_heads: int = setting(4, "ResUNet attention heads")
+    attn_dim_head: int = setting(32, "ResUNet features per attention head")
+    num_mem_kv: int = setting(4, "ResUNet learned memory key/value pairs")
+    dropout: float = setting(0.0, "dropout probability")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistency and how to fix it."""
         names = ("image_size", "in_channels", "dim", "attn_heads", "attn_dim_head", "num_mem_kv")
-        _check_positive(self, *names)
+        check_positive(self, *names)
         mults = self.dim_mults
         if len(mults) == 0 or not all(isinstance(m, int) and m > 0 for m in mults):
             raise ValueError(
@@ -235,12 +236,12 @@ class ResUNet(nn.Module):
     def _check_x(self, x: Tensor) -> None:
         cfg = self.config
         want = (cfg.in_channels, cfg.image_size, cfg.image_size)
-        _check_image_batch(x, want, "ResUNet", "a ResUNetConfig")
+        check_image_batch(x, want, "ResUNet", "a ResUNetConfig")
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Predict the noise in ``x`` [B, C, S, S] at time steps ``t`` [B]; same shape."""
         self._check_x(x)
-        t = _check_t(t, x.shape[0], x.device, "ResUNet")
+        t = check_time_input(t, x.shape[0], x.device, "ResUNet")
         temb = timestep_embedding(t, self.config.dim).to(self.conv_in.weight.dtype)
         temb = self.temb(temb)
 
@@ -261,8 +262,3 @@ class ResUNet(nn.Module):
             h = s.resample(h)
 
         return self.conv_out(self.res_out(torch.cat([h, stem], dim=1), temb))
-
-
-# Registered here rather than in models.py: this module builds on models' helpers, and
-# models.py imports this module last, so build_model / model_spec always know "resunet".
-_MODEL_TYPES["resunet"] = (ResUNet, ResUNetConfig)

@@ -1,0 +1,118 @@
+"""The ELBO over the diffusion chain, in bits/dim (Chapter 5).
+
+The negative ELBO of one image x_0 with D = C·H·W dimensions is (eq-ch5-decomposition)
+
+    L = L_T + Σ_{t=2..T} L_{t-1} + L_0,
+    L_T     = KL(q(x_T | x_0) || N(0, I)),
+    L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_θ(x_{t-1} | x_t)),   x_t ~ q(x_t | x_0),
+    L_0     = -log p_θ(x_0 | x_1)   (discretized Gaussian decoder over 256 levels),
+
+and -log p(x_0) ≤ L (eq-ch5-jensen). Dividing by D·ln 2 gives bits per dimension. Code index
+t = 0 is the book's step 1, whose term is the decoder L_0. The Gaussian pieces (KL, decoder)
+are in :mod:`ddpm_lib.gaussian`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import GaussianDiffusion, Model
+from .gaussian import LN2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+
+Tensor = torch.Tensor
+
+
+class ElboTerms(NamedTuple):
+    """The negative ELBO per image in bits/dim and its parts (see :func:`elbo_bpd`)."""
+
+    total: Tensor  # [B]: L_T + Σ L_{t-1} + L_0
+    prior: Tensor  # [B]: L_T
+    terms: Tensor  # [B, T]: column 0 is L_0, column i ≥ 1 is L_i (book step i+1)
+    mse: Tensor  # [B, T]: ‖ε - ε̂‖² per dimension at each step
+
+
+def check_data_range(x0: Tensor, who: str) -> None:
+    """Raise unless images ``x0`` lie in [-1, 1], the range the decoder's levels cover."""
+    if x0.numel() and x0.detach().abs().max() > 1 + 1e-6:
+        raise ValueError(f"{who}: x must lie in [-1, 1] (8-bit data scaled by x/127.5 - 1)")
+
+
+def prior_bpd(diffusion: GaussianDiffusion, x0: Tensor) -> Tensor:
+    """L_T = KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim, shape [B] (eq-ch5-decomposition).
+
+    Chapter 5. It has no parameters; for DDPM's schedules it is near 0.
+    """
+    t = diffusion.step_index(diffusion.num_timesteps - 1, x0.shape[0], x0.device)
+    mean, _, log_var = diffusion.q_mean_variance(x0, t)
+    return mean_flat(normal_kl(mean, log_var, 0.0, 0.0)) / LN2
+
+
+def vb_term_bpd(
+    diffusion: GaussianDiffusion,
+    model: Model,
+    x0: Tensor,
+    x_t: Tensor,
+    t: Tensor | int,
+    *,
+    clip_denoised: bool = False,
+) -> Tensor:
+    """One ELBO term in bits/dim, shape [B]: L_{t-1} for code index t ≥ 1, L_0 for t = 0.
+
+    L_{t-1} (eq-ch5-Lt-mean) is the closed-form KL (eq-ch5-kl) between the true posterior
+    q(x_{t-1} | x_t, x_0) and the model's p_θ(x_{t-1} | x_t); L_0 (eq-ch5-decoder) is the
+    decoder's negative log-likelihood of the 8-bit x_0 with mean μ_θ(x_1, 1) and the model's
+    step-1 variance. Chapter 5.
+    """
+    return _vb_term(diffusion, model, x0, x_t, diffusion.check_t(t, x0), clip_denoised)[0]
+
+
+def _vb_term(
+    diffusion: GaussianDiffusion,
+    model: Model,
+    x0: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    clip_denoised: bool,
+) -> tuple[Tensor, Tensor]:
+    """:func:`vb_term_bpd` and the network's ε̂, from one network call; ``t`` is checked."""
+    true_mean, _, true_log_var = diffusion.q_posterior_mean_variance(x0, x_t, t)
+    out = diffusion.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised)
+    kl = mean_flat(normal_kl(true_mean, true_log_var, out.mean, out.log_variance)) / LN2
+    log_scales = 0.5 * out.log_variance
+    nll = -mean_flat(discretized_gaussian_log_likelihood(x0, out.mean, log_scales)) / LN2
+    return torch.where(t == 0, nll, kl), out.eps
+
+
+@torch.no_grad()
+def elbo_bpd(
+    diffusion: GaussianDiffusion,
+    model: Model,
+    x0: Tensor,
+    *,
+    clip_denoised: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> ElboTerms:
+    """The full negative ELBO per image in bits/dim, with every term (eq-ch5-decomposition).
+
+    Chapter 5. Each of the T terms uses one draw x_t ~ q(x_t | x_0), so ``total`` is an
+    unbiased estimate of the bound (exact in its T closed-form KLs given those draws).
+    ``x0`` [B, C, H, W] must lie in [-1, 1] (checked here, once).
+    """
+    check_data_range(x0, "elbo_bpd")
+    T = diffusion.num_timesteps
+    b = x0.shape[0]
+    terms = torch.zeros(b, T, device=x0.device, dtype=torch.float64)
+    mse = torch.zeros_like(terms)
+    for i in tqdm(range(T - 1, -1, -1), desc="ELBO terms", disable=not progress):
+        t = diffusion.step_index(i, b, x0.device)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = diffusion.q_sample(x0, t, noise)
+        bpd, eps = _vb_term(diffusion, model, x0, x_t, t, clip_denoised)
+        terms[:, i] = bpd.double()
+        mse[:, i] = mean_flat((eps - noise) ** 2).double()
+    prior = prior_bpd(diffusion, x0).double()
+    return ElboTerms(terms.sum(dim=1) + prior, prior, terms, mse)
