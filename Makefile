@@ -14,7 +14,7 @@ NOTEBOOKS := $(wildcard notebooks/*.ipynb) $(wildcard book/*.ipynb)
 # Playwright's own browser download is never used: it needs internet access.
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: venv test lint format book book-check chromium clean distclean
+.PHONY: venv test lint format book book-check chromium clean distclean equation-index
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ ifneq ($(strip $(NOTEBOOKS)),)
 endif
 	$(MAKE) book
 	$(MAKE) book-check
+
+# The equation index page (book/equation_index.md) from the chapters, ddpm_lib and tests/;
+# tests/test_equation_index.py fails when it is stale.
+equation-index: venv
+	$(BIN)/python tools/equation_index.py
 
 lint: venv
 	$(BIN)/ruff check $(SRC)

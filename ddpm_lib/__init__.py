@@ -2,7 +2,8 @@
 
 Its layers, each importing only from those before it (``tests/test_layers.py`` checks):
 
-1. ``utils``: device, seeding, the quick-mode switch, the mark of a checked input.
+1. ``utils``: device, seeding, the quick-mode switch, the mark of a checked input; ``checks``:
+   the statistics of the chapters' Monte Carlo checks.
 2. The maths, one idea per module, in this order: ``schedules`` (β_t, Ch. 1), ``gaussian``
    (Gaussian KL and the discretized decoder, Ch. 5), ``mixture`` (the 2-D toy data's exact
    densities), ``diffusion`` (forward process, posterior, parameterizations, reverse step,

@@ -37,6 +37,25 @@ MEAN_TYPES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_small", "fixed_large")
 
 
+def variance_recurrence(v0: float | Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """v_t = a_t² v_{t-1} + b_t² for t = 1..T, from v_0 = ``v0``: shape [T], float64. Chapter 1.
+
+    The variance after each step of x_t = a_t x_{t-1} + b_t ε with fresh ε (independent of
+    x_{t-1}). With a_t = √α_t, b_t = √β_t it is eq-ch1-var-recurrence, whose solution is
+    :meth:`GaussianDiffusion.forward_moments` (eq-ch1-var-solution); with constant
+    a = 1-λ, b = λ it is the naive mix x' = (1-λ) x + λ ε (eq-ch1-naive), which tends to
+    λ/(2-λ), not 1 (eq-ch1-naive-iterate). ``a`` and ``b`` are [T] (or broadcast to it).
+    """
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    a, b = torch.broadcast_tensors(a, b)
+    out = torch.empty(a.shape, dtype=torch.float64)
+    v = torch.as_tensor(v0, dtype=torch.float64)
+    for t in range(a.shape[0]):
+        v = a[t] ** 2 * v + b[t] ** 2
+        out[t] = v
+    return out
+
+
 class Gaussian(NamedTuple):
     """A diagonal Gaussian: ``mean``, ``variance`` and ``log_variance``, each shaped like x."""
 
@@ -110,7 +129,7 @@ class GaussianDiffusion:
         betas = check_betas(betas)
         self.num_timesteps = int(betas.shape[0])
         self.betas = betas
-        self.alphas = 1.0 - betas  # α_t = 1 - β_t (eq-ch1-var-solution)
+        self.alphas = 1.0 - betas  # α_t = 1 - β_t
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # ᾱ_t = Π_{s≤t} α_s
         self.alphas_cumprod_prev = torch.cat([betas.new_ones(1), self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()  # √ᾱ_t
@@ -187,6 +206,18 @@ class GaussianDiffusion:
         t = torch.full((batch,), i, dtype=torch.long, device=device)
         return mark_checked(t, ("steps", self.num_timesteps))
 
+    def snr(self) -> Tensor:
+        """SNR(t) = ᾱ_t/(1-ᾱ_t), the signal-to-noise ratio of x_t (eq-ch1-snr): [T], float64."""
+        return self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+
+    def forward_moments(self, mean: float, variance: float) -> tuple[Tensor, Tensor]:
+        """E[x_t] = √ᾱ_t m and Var(x_t) = 1 - (1-v) ᾱ_t for data of mean m, variance v.
+
+        The solution of the variance recurrence (eq-ch1-var-solution, from eq-ch1-var-recurrence
+        via :func:`variance_recurrence`), per coordinate; two [T] float64 tensors. Chapter 1.
+        """
+        return self.sqrt_alphas_cumprod * mean, 1.0 - (1.0 - variance) * self.alphas_cumprod
+
     def _extract(self, name: str, t: Tensor, x: Tensor) -> Tensor:
         """Gather schedule entry ``name`` at ``t`` [B]; shape [B, 1, ..., 1] to broadcast with x."""
         key = (name, x.dtype, x.device)
@@ -207,8 +238,10 @@ class GaussianDiffusion:
     def q_step(self, x_prev: Tensor, t: Tensor | int, noise: Tensor | None = None) -> Tensor:
         """One forward step x_t = √(1-β_t) x_{t-1} + √β_t ε (eq-ch1-forward-step, eq-ch2-step).
 
-        Chapter 1. ``x_prev`` [B, ...] is the book's x_{t-1} and code index ``t`` is book step
-        t+1, so ``q_step(x0, 0)`` returns x_1. ε is drawn shaped like ``x_prev`` unless given.
+        A draw from q(x_t | x_{t-1}) (eq-ch3-forward-step); T of them in a row draw from the
+        joint q(x_{1:T} | x_0) (eq-ch2-joint). Chapter 1. ``x_prev`` [B, ...] is the book's
+        x_{t-1} and code index ``t`` is book step t+1, so ``q_step(x0, 0)`` returns x_1. ε is
+        drawn shaped like ``x_prev`` unless given.
         """
         t = self.check_t(t, x_prev)
         noise = self._noise_like(x_prev, noise)
@@ -218,7 +251,11 @@ class GaussianDiffusion:
         )
 
     def q_mean_variance(self, x0: Tensor, t: Tensor | int) -> Gaussian:
-        """q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I) (eq-ch1-moments, eq-ch3-jump); Chapter 2."""
+        """q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I) (eq-ch2-closed-form, eq-ch1-moments, eq-ch3-jump).
+
+        Chapter 2 proves it by induction (eq-ch2-induction, eq-ch2-variance-sum) and by
+        unrolling the recurrence (eq-ch2-unrolled). Returns mean, variance, log variance.
+        """
         t = self.check_t(t, x0)
         mean = self._extract("sqrt_alphas_cumprod", t, x0) * x0
         variance = self._extract("alphas_cumprod", t, x0).neg().add(1.0).expand_as(x0)
@@ -228,7 +265,8 @@ class GaussianDiffusion:
     def q_sample(self, x0: Tensor, t: Tensor | int, noise: Tensor | None = None) -> Tensor:
         """The closed-form jump x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (eq-ch2-reparam, eq-ch4-jump).
 
-        Chapter 2 proves it (eq-ch2-closed-form); shapes [B, ...]; ε is drawn unless given.
+        A draw from q(x_t | x_0) of :meth:`q_mean_variance`; shapes [B, ...]; ε is drawn unless
+        given. Chapter 2.
         """
         t = self.check_t(t, x0)
         noise = self._noise_like(x0, noise)
@@ -238,11 +276,15 @@ class GaussianDiffusion:
         )
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor | int) -> Gaussian:
-        """q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I) (eq-ch3-mu-tilde, eq-ch3-beta-tilde).
+        """q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I) (eq-ch3-mu-tilde, eq-ch3-beta-tilde, eq-ch4-mu-x0).
 
-        Chapter 3, by completing the square:
+        Chapter 3 derives it by Bayes' rule (eq-ch3-bayes) and completing the square in the
+        exponent (eq-ch3-exponent, eq-ch3-precision, eq-ch3-bayes-log):
         μ̃_t = √ᾱ_{t-1} β_t/(1-ᾱ_t) x_0 + √α_t (1-ᾱ_{t-1})/(1-ᾱ_t) x_t,
-        β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t) β_t. The log variance is clipped at book step 1 (β̃_1 = 0).
+        β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t) β_t; the same as conditioning the joint Gaussian of
+        (x_{t-1}, x_t) (eq-ch3-joint, eq-ch3-conditioning), and consistent with q(x_{t-1} | x_0)
+        (eq-ch3-consistency-mean, eq-ch3-consistency-var). At book step 1, μ̃_1 = x_0 and
+        β̃_1 = 0 (eq-ch3-t1): the log variance is clipped there.
         """
         if x0.shape != x_t.shape:
             raise ValueError(f"x0 {tuple(x0.shape)} and x_t {tuple(x_t.shape)} must match")
@@ -265,7 +307,10 @@ class GaussianDiffusion:
         )
 
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor | int, x0: Tensor) -> Tensor:
-        """ε = (x_t - √ᾱ_t x_0)/√(1-ᾱ_t), the inverse of eq-ch4-x0-from-eps; Chapter 4."""
+        """ε = (x_t - √ᾱ_t x_0)/√(1-ᾱ_t), the inverse of eq-ch4-x0-from-eps; Chapter 4.
+
+        Errors map through it by ‖ε - ε̂‖² = SNR(t) ‖x_0 - x̂_0‖² (eq-ch4-snr-weight).
+        """
         t = self.check_t(t, x_t)
         return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._extract(
             "sqrt_recipm1_alphas_cumprod", t, x_t
@@ -277,7 +322,8 @@ class GaussianDiffusion:
         return -eps / self._extract("sqrt_one_minus_alphas_cumprod", t, eps)
 
     def score_to_eps(self, score: Tensor, t: Tensor | int) -> Tensor:
-        """ε = -√(1-ᾱ_t) · score (eq-ch4-tweedie): the inverse of :meth:`eps_to_score`."""
+        """ε = -√(1-ᾱ_t) · score: the inverse of :meth:`eps_to_score`; with the marginal score,
+        E[ε | x_t] (eq-ch4-tweedie)."""
         t = self.check_t(t, score)
         return -score * self._extract("sqrt_one_minus_alphas_cumprod", t, score)
 
@@ -349,7 +395,8 @@ class GaussianDiffusion:
         """σ_t² and log σ_t² of the reverse step, [B, 1, ...] to broadcast with x_t.
 
         "fixed_small" is β̃_t (its log clipped at book step 1), "fixed_large" is β_t (β̃_2 at
-        book step 1); Chapter 3. ``t`` is a checked index tensor.
+        book step 1): the two ends of the bracket β̃_t ≤ E[Var(x_{t-1} | x_t)] ≤ β_t
+        (eq-ch3-bracket, eq-ch3-total-variance). Chapter 3. ``t`` is a checked index tensor.
         """
         if var_type == "fixed_small":
             var = self._extract("posterior_variance", t, x_t)
@@ -366,12 +413,13 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         variance: str | None = None,
     ) -> ReverseStep:
-        """p_θ(x_{t-1} | x_t) = N(μ_θ, σ_t² I) (eq-ch4-mu-eps, eq-ch5-reverse); Chapters 3-4.
+        """p_θ(x_{t-1} | x_t) = N(μ_θ, σ_t² I), one factor of eq-ch5-reverse; Chapters 3-4.
 
         μ_θ is the posterior mean μ̃_t(x̂_0, x_t) with x̂_0 from the network (clipped to [-1, 1]
         when ``clip_denoised``). Without clipping and with an ε-model this equals
-        (x_t - β_t/√(1-ᾱ_t) ε̂)/√α_t (eq-ch4-mu-theta). ``variance`` overrides the
-        instance's ``model_var_type`` for this call.
+        (x_t - β_t/√(1-ᾱ_t) ε̂)/√α_t (eq-ch4-mu-theta), the ε-form of μ̃_t (eq-ch4-mu-eps), so
+        μ̃_t - μ_θ = β_t/(√α_t √(1-ᾱ_t)) (ε̂ - ε) (eq-ch4-mean-gap). ``variance`` overrides
+        the instance's ``model_var_type`` for this call.
         """
         var_type = variance or self.model_var_type
         if var_type not in self.var_types:
@@ -419,9 +467,11 @@ class GaussianDiffusion:
     ) -> Tensor:
         """L_simple per example, shape [B] (eq-ch4-lsimple, Algorithm 1 alg-ch4-training).
 
-        Chapter 4. Draws t uniformly from 0..T-1 and ε ~ N(0, I) unless given, forms x_t by
-        :meth:`q_sample`, and returns the mean squared error (over coordinates) between the
-        network's output and its target: ε, x_0 or v according to ``model_mean_type``.
+        Chapter 4; Chapter 5 shows it is the ELBO with its weights dropped (eq-ch5-simple), and
+        Chapter 7 starts from it (eq-ch7-lsimple). Draws t uniformly from 0..T-1 and
+        ε ~ N(0, I) unless given, forms x_t by :meth:`q_sample`, and returns the mean squared
+        error (over coordinates) between the network's output and its target: ε, x_0 or v
+        according to ``model_mean_type``.
         """
         b = x0.shape[0]
         if t is None:  # drawn in range here: marked, so nothing below reads it back

@@ -40,8 +40,34 @@ def check_data_range(x0: Tensor, who: str) -> None:
         raise ValueError(f"{who}: x must lie in [-1, 1] (8-bit data scaled by x/127.5 - 1)")
 
 
+def mse_weights(diffusion: GaussianDiffusion, variance: str | None = None) -> tuple[Tensor, Tensor]:
+    """λ_t and c_t with L_{t-1} = λ_t ‖ε - ε̂‖² + D c_t, each [T] float64 (eq-ch5-weighted-mse).
+
+    Chapter 5: λ_t = β_t²/(2 σ_t² α_t (1-ᾱ_t)) (eq-ch5-lambda) and
+    c_t = ½(log(σ_t²/β̃_t) + β̃_t/σ_t² - 1) (eq-ch5-Lt-mean), in nats, with σ_t² the reverse
+    variance ``variance`` (default: the diffusion's own fixed choice). Entry i is book step i+1;
+    entry 0 (book step 1) is NaN: L_0 is the decoder, not a KL. The errata page states the
+    same weights for write-up 001's missing loss section (eq-errata-elbo-weights).
+    """
+    var_type = variance or diffusion.model_var_type
+    if var_type == "fixed_small":
+        sigma2 = diffusion.posterior_variance
+    elif var_type == "fixed_large":
+        sigma2 = diffusion.betas
+    else:
+        raise ValueError(
+            f"mse_weights needs a fixed variance (fixed_small, fixed_large), got {var_type!r}"
+        )
+    beta, tilde = diffusion.betas, diffusion.posterior_variance
+    lam = beta**2 / (2 * sigma2 * diffusion.alphas * (1 - diffusion.alphas_cumprod))
+    c = 0.5 * (torch.log(sigma2 / tilde) + tilde / sigma2 - 1)
+    lam, c = lam.clone(), c.clone()
+    lam[0] = c[0] = float("nan")
+    return lam, c
+
+
 def prior_bpd(diffusion: GaussianDiffusion, x0: Tensor) -> Tensor:
-    """L_T = KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim, shape [B] (eq-ch5-decomposition).
+    """L_T = KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim, shape [B] (in eq-ch5-decomposition).
 
     Chapter 5. It has no parameters; for DDPM's schedules it is near 0.
     """
@@ -62,9 +88,10 @@ def vb_term_bpd(
     """One ELBO term in bits/dim, shape [B]: L_{t-1} for code index t ≥ 1, L_0 for t = 0.
 
     L_{t-1} (eq-ch5-Lt-mean) is the closed-form KL (eq-ch5-kl) between the true posterior
-    q(x_{t-1} | x_t, x_0) and the model's p_θ(x_{t-1} | x_t); L_0 (eq-ch5-decoder) is the
-    decoder's negative log-likelihood of the 8-bit x_0 with mean μ_θ(x_1, 1) and the model's
-    step-1 variance. Chapter 5.
+    q(x_{t-1} | x_t, x_0) and the model's p_θ(x_{t-1} | x_t), the term the forward step turns
+    into once Bayes' rule flips it (eq-ch5-bayes-flip); L_0 (eq-ch5-decoder) is the decoder's
+    negative log-likelihood of the 8-bit x_0 with mean μ_θ(x_1, 1) and the model's step-1
+    variance. Chapter 5.
     """
     return _vb_term(diffusion, model, x0, x_t, diffusion.check_t(t, x0), clip_denoised)[0]
 
@@ -98,8 +125,9 @@ def elbo_bpd(
 ) -> ElboTerms:
     """The full negative ELBO per image in bits/dim, with every term (eq-ch5-decomposition).
 
-    Chapter 5. Each of the T terms uses one draw x_t ~ q(x_t | x_0), so ``total`` is an
-    unbiased estimate of the bound (exact in its T closed-form KLs given those draws).
+    Chapter 5: -log p_θ(x_0) ≤ L (eq-ch5-jensen), L written term by term (eq-ch5-pathwise).
+    Each of the T terms uses one draw x_t ~ q(x_t | x_0), so ``total`` is an unbiased
+    estimate of the bound (exact in its T closed-form KLs given those draws).
     ``x0`` [B, C, H, W] must lie in [-1, 1] (checked here, once).
     """
     check_data_range(x0, "elbo_bpd")

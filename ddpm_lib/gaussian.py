@@ -65,8 +65,8 @@ def discretized_gaussian_log_likelihood(
     Level k sits at x = 2k/(num_bins-1) - 1 and owns the interval x ± 1/(num_bins-1); the end
     levels own everything beyond (so the probabilities of all levels sum to 1). The density is
     N(means, exp(log_scales)²): ``log_scales`` is the log standard deviation. Shapes broadcast.
-    Chapter 5. ``x`` is trusted to lie on the grid: the callers that take data from a user
-    (``elbo.elbo_bpd``, the trainer) check it once.
+    Chapter 5: the decoder p_θ(x_0 | x_1). ``x`` is trusted to lie on the grid: the callers
+    that take data from a user (``elbo.elbo_bpd``, the trainer) check it once.
     """
     half = 1.0 / (num_bins - 1)
     inv_std = torch.exp(-log_scales)

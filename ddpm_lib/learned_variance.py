@@ -90,9 +90,9 @@ class LearnedRangeDiffusion(GaussianDiffusion):
         """The hybrid loss L_simple + λ T L_t per example, λ = ``HYBRID_VLB_WEIGHT`` = 0.001.
 
         T L_t (L_t the ELBO term of step t in bits/dim, :func:`ddpm_lib.elbo.vb_term_bpd`) is an
-        unbiased estimate of L_vlb = Σ_t L_t over uniform t (eq-ch5-one-step). L_t sees the
-        prediction with its gradient stopped, so the mean learns from L_simple alone and the
-        variance from L_vlb alone. x0 must lie on the 8-bit grid (L_0 is a discretized
+        unbiased estimate of L_vlb = Σ_t L_t over uniform t (eq-ch5-one-step, Chapter 5). L_t
+        sees the prediction with its gradient stopped, so the mean learns from L_simple alone
+        and the variance from L_vlb alone. x0 must lie on the 8-bit grid (L_0 is a discretized
         likelihood); the trainer checks its data once.
         """
         simple = super().loss_terms(out, x0, x_t, t, noise)

@@ -25,7 +25,8 @@ Tensor = torch.Tensor
 
 
 class PointOracle:
-    """The exact ε for data that is the single point ``x_star``: ε = (x_t - √ᾱ_t x*)/√(1-ᾱ_t).
+    """The exact ε (eq-ch4-tweedie) for data that is the single point ``x_star``:
+    ε = (x_t - √ᾱ_t x*)/√(1-ᾱ_t).
 
     ``x_star`` is [1, ...] (or shaped like one batch item) and is broadcast over the batch.
     """
@@ -50,7 +51,7 @@ class PointOracle:
 
 
 class GaussianOracle:
-    """The exact ε for data x_0 ~ N(mean, s2) in every coordinate, independently.
+    """The exact ε (eq-ch4-tweedie) for data x_0 ~ N(mean, s2) in every coordinate, independently.
 
     x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε is Gaussian too, and
     E[x_0 | x_t] = m + gain_t (x_t - √ᾱ_t m) with gain_t = √ᾱ_t s²/(ᾱ_t s² + 1 - ᾱ_t).
@@ -76,7 +77,8 @@ class GaussianOracle:
 
 
 class MixtureOracle:
-    """The exact ε for data from a :class:`GaussianMixture2D`, at any mix of steps ``t``.
+    """The exact ε (eq-ch4-tweedie) for data from a :class:`GaussianMixture2D`, at any mix of
+    steps ``t``.
 
     ε*(x_t, t) = -√(1-ᾱ_t) ∇ log q_t(x_t), with q_t the noised mixture
     (:meth:`GaussianMixture2D.noised`). Computed in the mixture's dtype (float64 for exact

@@ -82,6 +82,8 @@ def ddpm_sample(
 ) -> Tensor:
     """Algorithm 2 (alg-ch4-sampling) from ``x_T``; returns x_0 shaped like x_T. Chapter 4.
 
+    It draws from the model's chain p_θ(x_{0:T}) (eq-ch5-reverse), one factor at a time.
+
     1. x_T is given (the caller draws it from N(0, I)).
     2. For t = T, ..., 1: draw z ~ N(0, I) (not used at t = 1) and
        x_{t-1} = μ_θ(x_t, t) + σ_t z (:meth:`GaussianDiffusion.p_sample`).
@@ -152,12 +154,12 @@ def ddim_step(
 ) -> DdimStep:
     """One DDIM update x_t → x_{t_prev} (code indices; ``t_prev = -1`` means x_0). Chapter 7.
 
-    A draw from q_σ(x_{t_prev} | x_t, x̂_0) (eq-ch7-family) with σ from η (eq-ch7-sigma-eta):
-    x_prev = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂ + σ z,
+    A draw from q_σ(x_{t_prev} | x_t, x̂_0) (eq-ch7-family), the family whose marginals are
+    DDPM's for every σ (eq-ch7-joint), with σ from η (eq-ch7-sigma-eta):
+    x_prev = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂ + σ z (eq-ch7-ddim-step),
     σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev). With η = 0 it is an Euler step of the
-    probability-flow ODE in the variables y = x/√ᾱ, s = √(1/ᾱ-1) (eq-ch7-ddim-euler,
-    eq-ch7-slerp); with η = 1 and t_prev = t-1, σ² = β̃_t and the mean is μ̃_t(x̂_0, x_t): one
-    DDPM step (eq-ch7-ddim-step).
+    probability-flow ODE in the variables y = x/√ᾱ, s = √(1/ᾱ-1) (eq-ch7-ddim-euler); with
+    η = 1 and t_prev = t-1, σ² = β̃_t and the mean is μ̃_t(x̂_0, x_t): one DDPM step.
     """
     if eta < 0:
         raise ValueError(f"eta must be ≥ 0, got {eta}")
@@ -172,12 +174,43 @@ def ddim_step(
     ab = diffusion.alphas_cumprod[t].item()
     ab_prev = diffusion.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
     var = eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
+    if var > (1 - ab_prev) * (1 + 1e-12):
+        limit = math.sqrt((1 - ab) / (1 - ab / ab_prev))
+        raise ValueError(
+            f"eta = {eta} gives σ² = {var:.3g} > 1 - ᾱ_prev = {1 - ab_prev:.3g} on the jump "
+            f"{t} → {t_prev}: the step leaves the DDIM family (eq-ch7-family); use eta ≤ "
+            f"{limit:.3g} here (eta ≤ 1 is always safe)"
+        )
     mean = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - var, 0.0)) * eps
     sample = mean
     if var > 0:
         noise = torch.randn_like(x_t) if noise is None else noise
         sample = mean + math.sqrt(var) * noise
     return DdimStep(sample, mean, torch.full_like(x_t, var), x0)
+
+
+def slerp(x_a: Tensor, x_b: Tensor, lam: float) -> Tensor:
+    """Spherical interpolation of two noise tensors (eq-ch7-slerp), Chapter 7.
+
+    sin((1-λ)θ)/sin θ · x_a + sin(λθ)/sin θ · x_b, θ the angle between the flattened x_a and
+    x_b (per batch item, [B, ...] → [B, ...]). Unlike a straight line it keeps the norm of
+    Gaussian noise (about √D) along the way, so every point is a typical x_T. Where the two
+    point the same way (θ ≈ 0) the formula tends to the straight line, which is used there;
+    opposite codes (θ = π) have no unique great circle and are refused.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam}")
+    a, b = x_a.flatten(1).double(), x_b.flatten(1).double()
+    cos = ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).clamp(-1.0, 1.0)
+    if (cos < -1 + 1e-12).any():
+        raise ValueError("slerp of opposite codes (angle π) is not defined: no unique arc")
+    theta = torch.acos(cos)
+    small = theta < 1e-6  # sin θ ≈ θ: both weights tend to those of the straight line
+    sin = torch.where(small, torch.ones_like(theta), torch.sin(theta))
+    w_a = torch.where(small, 1 - lam, torch.sin((1 - lam) * theta) / sin)
+    w_b = torch.where(small, torch.full_like(theta, lam), torch.sin(lam * theta) / sin)
+    shape = (-1, *([1] * (x_a.ndim - 1)))
+    return w_a.reshape(shape).to(x_a.dtype) * x_a + w_b.reshape(shape).to(x_a.dtype) * x_b
 
 
 @torch.no_grad()

@@ -46,7 +46,9 @@ def check_betas(betas: Tensor) -> Tensor:
 
 
 def linear_beta_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """β_t rising linearly from ``beta_start`` (t=1) to ``beta_end`` (t=T); Ho et al. 2020.
+    """β_t rising linearly from ``beta_start`` (t=1) to ``beta_end`` (t=T) (eq-ch1-linear).
+
+    Ho et al. 2020; Chapter 1.
 
     Shape [T], float64. The DDPM values are 1e-4 → 0.02 for T = 1000 (one of the seed write-ups
     says 0.002: that end point leaves far too much signal at t=T, see the errata page).
@@ -71,7 +73,9 @@ def scaled_linear_beta_schedule(
 
 
 def cosine_alpha_bar(u: Tensor, s: float = 0.008) -> Tensor:
-    """f(u)/f(0) with f(u) = cos²( (u + s)/(1 + s) · π/2 ), u = t/T ∈ [0, 1].
+    """ᾱ(u) = f(u)/f(0), f(u) = cos²((u + s)/(1 + s) · π/2), u = t/T ∈ [0, 1] (eq-ch1-cosine).
+
+    Chapter 1; the errata page (eq-errata-cosine).
 
     The square is on the cosine, not on its argument (a misplacement found in popular posts).
     """
@@ -81,7 +85,9 @@ def cosine_alpha_bar(u: Tensor, s: float = 0.008) -> Tensor:
 
 
 def cosine_beta_schedule(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
-    """Nichol & Dhariwal 2021: β_t = min(1 - ᾱ(t/T)/ᾱ((t-1)/T), max_beta), shape [T], float64.
+    """β_t = min(1 - ᾱ(t/T)/ᾱ((t-1)/T), max_beta) (eq-ch1-cosine), [T] float64. Chapter 1.
+
+    Nichol & Dhariwal 2021.
 
     ᾱ follows :func:`cosine_alpha_bar`; the clip at ``max_beta`` keeps β_T below 1 where
     ᾱ(1) = 0 would otherwise give β_T = 1.

@@ -62,7 +62,8 @@ def _check_std(std: Tensor, t: Tensor, who: str) -> None:
 
 
 class SDE(abc.ABC):
-    """A forward SDE on t ∈ [0, 1]: drift f, diffusion g, marginals and prior."""
+    """A forward SDE dx = f(x, t) dt + g(t) dW on t ∈ [0, 1] (eq-ch6-sde): drift f, diffusion
+    g, marginals and prior. Chapter 6."""
 
     @abc.abstractmethod
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -87,12 +88,17 @@ class SDE(abc.ABC):
         return self.marginal_prob(torch.ones_like(t), t)[0]
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
-        """The reverse-time SDE (or, with ``probability_flow``, the ODE) driven by ``score_fn``."""
+        """The reverse-time SDE (eq-ch6-reverse-sde) or, with ``probability_flow``, the ODE
+        (eq-ch6-pf-ode), driven by ``score_fn``."""
         return ReverseSDE(self, score_fn, probability_flow)
 
 
 class ReverseSDE:
-    """dx = [f - g² s] dt + g dW̄ (SDE) or dx = [f - ½ g² s] dt (probability-flow ODE)."""
+    """dx = [f - g² s] dt + g dW̄ (eq-ch6-reverse-sde) or dx = [f - ½ g² s] dt (eq-ch6-pf-ode).
+
+    Chapter 6: both keep the forward marginals p_t; the ODE's drift is the velocity that moves
+    probability as the Fokker–Planck equation of the forward SDE (eq-ch6-fp) prescribes.
+    """
 
     def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool) -> None:
         self.forward = forward
@@ -107,10 +113,12 @@ class ReverseSDE:
 
 
 class VPSDE(SDE):
-    """Variance-preserving SDE with linear β(t) = β_min + t (β_max - β_min) (Song et al. 2021).
+    """dx = -½ β(t) x dt + √β(t) dW (eq-ch6-vpsde), β(t) = β_min + t (β_max - β_min).
 
-    With β_min = T β_1 and β_max = T β_T it is the T → ∞ limit of DDPM's linear schedule:
-    β(i/T)/T ≈ β_i. Marginal: mean e^{-½B(t)} x_0, variance 1 - e^{-B(t)}, B(t) = ∫_0^t β.
+    Song et al. 2021; Chapter 6. With β_min = T β_1 and β_max = T β_T it is the T → ∞ limit of
+    DDPM's linear schedule: β(i/T)/T ≈ β_i. Its moments solve dm/dt = -½βm, dv/dt = β(1-v)
+    (eq-ch6-moment-odes): mean e^{-½B(t)} x_0, variance 1 - e^{-B(t)}, B(t) = ∫_0^t β
+    (:meth:`marginal_prob`, eq-ch6-marginals).
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
@@ -134,6 +142,7 @@ class VPSDE(SDE):
         return -0.5 * _bcast(beta, x) * x, beta.sqrt()
 
     def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean e^{-½B(t)} x_0 and std √(1 - e^{-B(t)}) of p(x(t) | x_0) (eq-ch6-marginals)."""
         big_b = self.integrated_beta(t)
         mean = _bcast(torch.exp(-0.5 * big_b), x0) * x0
         return mean, (-torch.expm1(-big_b)).sqrt()
@@ -179,9 +188,10 @@ class DiscreteVPSDE(VPSDE):
 
 
 class VESDE(SDE):
-    """Variance-exploding SDE dx = σ(t) √(2 log(σ_max/σ_min)) dW, σ(t) = σ_min (σ_max/σ_min)^t.
+    """Variance-exploding SDE dx = √(d[σ²]/dt) dW, σ(t) = σ_min (σ_max/σ_min)^t (eq-ch6-vesde).
 
-    Mean x_0, std σ(t) (SMLD / NCSN). Related to VP by x_VE = x_VP/√ᾱ, σ_VE² = (1-ᾱ)/ᾱ.
+    Chapter 6 (SMLD / NCSN): mean x_0, std σ(t). Related to VP by x_VE = x_VP/√ᾱ,
+    σ_VE² = (1-ᾱ)/ᾱ = 1/SNR (eq-ch6-ve-vp).
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
@@ -230,7 +240,7 @@ def eps_model_score_fn(sde: SDE, model: Callable[[Tensor, Tensor], Tensor], T: i
 
 
 def tweedie_denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
-    """E[x_0 | x_t] = (x_t + σ_t² ∇ log p_t(x_t))/s(t) (Tweedie, eq-ch4-tweedie), shaped like x.
+    """E[x_0 | x_t] = (x_t + σ_t² ∇ log p_t(x_t))/s(t) (eq-ch4-tweedie, eq-ch6-score-eps).
 
     Chapters 4 and 6. A time with σ_t = 0 is refused (there is nothing to denoise, and the
     score is infinite).
@@ -320,6 +330,8 @@ def probability_flow_sample(
     progress: bool = True,
 ) -> Tensor:
     """The probability-flow ODE (eq-ch6-pf-ode) from t = 1 to ``t_end``: deterministic given x_1.
+
+    With the exact score of Gaussian data it follows the exact flow map (eq-ch6-flow-map).
 
     Chapter 6. ``method`` "euler" (first order, one score call a step) or "heun" (second
     order, two). ``generator`` is unused (the path is deterministic); it keeps the signature.

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from ddpm_lib.diffusion import GaussianDiffusion
-from ddpm_lib.elbo import vb_term_bpd
+from ddpm_lib.elbo import mse_weights, vb_term_bpd
 from ddpm_lib.gaussian import LN2
 from ddpm_lib.nets import UNet, UNetConfig
-from ddpm_lib.schedules import cosine_alpha_bar, cosine_beta_schedule, linear_beta_schedule
 from ddpm_lib.oracles import GaussianOracle, PointOracle
 from ddpm_lib.samplers import ddpm_sample
+from ddpm_lib.schedules import cosine_alpha_bar, cosine_beta_schedule, linear_beta_schedule
 from helpers import mc_tolerance
 
 T = 1000
@@ -202,7 +202,9 @@ def test_e05_p_sample_ignores_the_noise_only_at_code_index_0(diffusion):
 # E6 (write-up 001, the missing loss section) ------------------------------------------------
 @pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large"])
 def test_e06_elbo_term_is_l_simple_weighted_by_beta2_over_2sigma2_alpha_1m_alphabar(var_type):
+    """eq-errata-elbo-weights: the KL term is β_t²/(2σ_t² α_t (1-ᾱ_t)) ‖ε - ε_θ‖² + C_t."""
     d = GaussianDiffusion(linear_beta_schedule(T), model_var_type=var_type)
+    lam, const_lib = mse_weights(d)  # the library's table of the same weights and constants
     g = gen(10)
     x0 = torch.rand(4, 1, 4, 4, dtype=F64, generator=g) * 2 - 1
     eps = torch.randn(x0.shape, dtype=F64, generator=g)
@@ -224,6 +226,8 @@ def test_e06_elbo_term_is_l_simple_weighted_by_beta2_over_2sigma2_alpha_1m_alpha
         const = 0.5 * (torch.log(sigma2 / beta_tilde) + beta_tilde / sigma2 - 1)
         mse = (eps - eps_hat).pow(2).flatten(1).mean(1)
         torch.testing.assert_close(kl_nats - const, w * mse, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(lam[i], w, rtol=1e-12, atol=0)
+        torch.testing.assert_close(const_lib[i], const, rtol=0, atol=1e-15)
         weights.append(w.item())
     # L_simple weights every step equally; the bound does not: its weights span a factor > 10.
     assert max(weights) / min(weights) > 10
@@ -331,6 +335,8 @@ def predicted_variances(d: GaussianDiffusion, oracle: GaussianOracle) -> tuple[f
 def test_e09_sampler_draws_the_posterior_not_a_renoised_x0_hat(diffusion):
     d, s2, n = diffusion, 0.25, 20_000
     oracle = GaussianOracle(d, s2)
+    # v_post is Var(x_0) under the model's chain p(x_T) Π p_θ(x_{t-1} | x_t) (eq-ch5-reverse),
+    # propagated exactly; the ancestral sampler must draw from that marginal.
     v_post, v_renoise = predicted_variances(d, oracle)
     # The ancestral sampler with the exact model nearly recovers the data variance s² = 0.25
     # (the 1.6 % gap is the discretization of the chain); re-noising x̂_0 halves it.
@@ -350,6 +356,7 @@ def test_e09_sampler_draws_the_posterior_not_a_renoised_x0_hat(diffusion):
 
 # E10 (write-up 004) -----------------------------------------------------------------------------
 def test_e10_cosine_schedule_squares_the_cosine_not_its_argument():
+    """eq-errata-cosine: f(t) = cos²((t/T + s)/(1 + s) · π/2), not cos of the squared angle."""
     s = 0.008
 
     def right(u: float) -> float:
@@ -373,6 +380,27 @@ def test_e10_cosine_schedule_squares_the_cosine_not_its_argument():
     assert alpha_bar[T // 2 - 1].item() == pytest.approx(right(0.5), rel=1e-9)
     # The misplaced square is not even a schedule: it turns negative before t = T.
     assert misplaced(0.85) < 0 < right(0.85)
+
+
+def test_e10_cosine_schedule_has_alpha_bar_f_t_over_f_0_at_every_step():
+    """eq-errata-cosine: Π_{s≤t}(1 - β_s) = f(t)/f(0) at every t < T; β_T is clipped.
+
+    Tolerance, relative, from float64 rounding (u = 2^-53): cos near π/2 turns an error u·x in
+    its angle x into a relative error of about x·tan(x)·u (twice that for cos²), and each factor
+    1 - β_s = ᾱ_s/ᾱ_{s-1}, formed by two subtractions, carries about 2u/α_s, summed along the
+    product. At t = T, f(1) = 0 would give β_T = 1: the schedule clips it at max_beta.
+    """
+    s, u = 0.008, 2.0**-53
+    betas = cosine_beta_schedule(T, s, max_beta=0.999)
+    alpha_bar = torch.cumprod(1 - betas, 0)[:-1]
+    angle = (torch.arange(1, T, dtype=F64) / T + s) / (1 + s) * math.pi / 2
+    right = torch.cos(angle) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+    tol = u * (8 * (1 + angle * torch.tan(angle)) + torch.cumsum(4 / (1 - betas[:-1]) + 4, 0))
+    assert ((alpha_bar / right - 1).abs() <= tol).all()
+    assert betas[-1].item() == 0.999 and (betas[:-1] < 0.999).all()
+    # The misplaced square gives another ᾱ at every step, not only where it turns negative.
+    misplaced = torch.cos(angle**2) / math.cos((s / (1 + s) * math.pi / 2) ** 2)
+    assert ((alpha_bar / misplaced - 1).abs() > tol).all()
 
 
 # E11 (write-up 004) -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import math
 
 import mpmath
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from helpers import mc_tolerance
 
 @pytest.mark.parametrize("m1, v1, m2, v2", [(0.3, 0.5, -0.2, 1.7), (1.0, 2.0, 1.0, 0.25)])
 def test_closed_form_kl_matches_monte_carlo(m1, v1, m2, v2):
+    """eq-ch5-kl: normal_kl is E_{x~N1}[log N1(x) - log N2(x)], within 5 Monte Carlo SE."""
     # KL = E_{x~N1}[log N1(x) - log N2(x)]; the estimate's standard error is the sample
     # standard deviation of the log ratio over √n.
     gen = torch.Generator().manual_seed(0)
@@ -28,13 +30,43 @@ def test_closed_form_kl_matches_monte_carlo(m1, v1, m2, v2):
     assert abs(log_ratio.mean().item() - closed) < mc_tolerance(log_ratio.std().item(), n)
 
 
+@pytest.mark.parametrize(
+    "m1, v1, m2, v2", [(0.3, 0.5, -0.2, 1.7), (1.0, 2.0, 1.0, 0.25), (-2.0, 1e-4, 0.5, 3.0)]
+)
+def test_closed_form_kl_equals_the_expected_log_ratio_by_exact_quadrature(m1, v1, m2, v2):
+    """eq-ch5-kl: log σ2/σ1 + (σ1² + (μ1-μ2)²)/(2σ2²) - ½ = E_{x~N1}[log N1(x) - log N2(x)].
+
+    The log ratio is a quadratic in x, so Gauss-Hermite quadrature with 3 nodes gives its
+    expectation exactly; the comparison is float64 rounding (rtol 1e-12).
+    """
+    z, w = np.polynomial.hermite.hermgauss(3)
+    x = m1 + math.sqrt(2 * v1) * torch.from_numpy(z)
+    weights = torch.from_numpy(w) / math.sqrt(math.pi)
+
+    def log_normal(x, m, v):
+        return -0.5 * (math.log(2 * math.pi * v) + (x - m) ** 2 / v)
+
+    expected = (weights * (log_normal(x, m1, v1) - log_normal(x, m2, v2))).sum().item()
+    f64 = dict(dtype=torch.float64)
+    lv1, lv2 = torch.tensor(math.log(v1), **f64), torch.tensor(math.log(v2), **f64)
+    got = normal_kl(torch.tensor(m1, **f64), lv1, torch.tensor(m2, **f64), lv2).item()
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # Plausible slips give other numbers: the arguments swapped (the KL is not symmetric), or
+    # log(σ2²/σ1²) without its ½.
+    swapped = normal_kl(torch.tensor(m2, **f64), lv2, torch.tensor(m1, **f64), lv1).item()
+    assert abs(swapped - expected) > 1e-3 * abs(expected)
+    assert abs((got + 0.5 * math.log(v2 / v1)) - expected) > 1e-3 * abs(expected)
+
+
 def test_kl_of_identical_gaussians_is_zero_and_otherwise_positive():
+    """eq-ch5-kl: KL(N ‖ N) = 0, and moving the second mean makes it positive."""
     m, lv = torch.randn(100, dtype=torch.float64), torch.randn(100, dtype=torch.float64)
     assert normal_kl(m, lv, m, lv).abs().max() < 1e-15
     assert (normal_kl(m, lv, m + 0.1, lv) > 0).all()
 
 
 def test_decoder_probabilities_of_all_256_levels_sum_to_one():
+    """eq-ch5-decoder: the bins tile the line (end bins reach ±∞), so the 256 masses sum to 1."""
     levels = torch.arange(256, dtype=torch.float64) / 127.5 - 1
     for mean, log_scale in [(0.0, math.log(0.1)), (0.93, math.log(0.004)), (-2.0, 0.5)]:
         logp = discretized_gaussian_log_likelihood(
@@ -65,6 +97,7 @@ def _reference_log_prob(x: float, mean: float, scale: float) -> float:
     ],
 )
 def test_decoder_log_likelihood_matches_high_precision_reference(x, mean, scale):
+    """eq-ch5-decoder: log ∫ N(x; mean, scale²) over the bin δ_-..δ_+, by 50-digit arithmetic."""
     got = discretized_gaussian_log_likelihood(
         torch.tensor(x, dtype=torch.float64),
         torch.tensor(mean, dtype=torch.float64),

@@ -104,3 +104,17 @@ def test_summary_and_references_close_the_chapter(chapter):
     name, nb = chapter
     text = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
     assert "## Summary" in text and "## References" in text and "{cite}" in text, name
+
+
+def test_chapters_fall_back_to_the_recipes_that_made_the_shipped_checkpoints(chapter):
+    # One registry: a chapter names the checkpoint, and load_or_train trains its recipe
+    # (ddpm_lib.training.RECIPES) when the file cannot be had; no chapter writes its own.
+    from ddpm_lib.training import RECIPES
+
+    name, nb = chapter
+    code = "\n".join(source(c) for c in code_cells(nb))
+    for call in re.finditer(r"load_or_train\(\s*([^,)]*)", code):
+        assert call.group(1).strip().strip("\"'") in RECIPES, f"{name}: {call.group(0)}"
+    assert "TrainConfig(" not in code or "Trainer(" in code, (
+        f"{name} builds a TrainConfig only to pass it to load_or_train"
+    )

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ddpm_lib.diffusion import GaussianDiffusion
+from ddpm_lib.oracles import GaussianOracle
 from ddpm_lib.schedules import get_beta_schedule
 from ddpm_lib.sde import (
     VESDE,
@@ -40,6 +41,7 @@ def gaussian_score(sde):
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_discrete_vp_sde_marginals_equal_alphas_cumprod_at_the_grid(name):
+    """eq-ch6-marginals: at t = i/T the mean coefficient is √ᾱ_i and the std √(1-ᾱ_i)."""
     betas = get_beta_schedule(name, T)
     sde, d = DiscreteVPSDE(betas), GaussianDiffusion(betas)
     i = torch.arange(1, T + 1, dtype=torch.float64)
@@ -49,6 +51,7 @@ def test_discrete_vp_sde_marginals_equal_alphas_cumprod_at_the_grid(name):
 
 
 def test_discrete_vp_sde_beta_is_the_log_slope_of_alpha_bar():
+    """eq-ch6-marginals: ᾱ(t) = e^{-B(t)} with dB/dt = β(t), between the grid points."""
     sde = DiscreteVPSDE(get_beta_schedule("linear", T))
     t = torch.tensor([0.2503, 0.7771], dtype=torch.float64)  # away from the grid's kinks
     h = 1e-7
@@ -57,6 +60,7 @@ def test_discrete_vp_sde_beta_is_the_log_slope_of_alpha_bar():
 
 
 def test_linear_vp_sde_is_the_continuum_limit_of_the_discrete_schedule():
+    """eq-ch6-marginals: the linear VP-SDE's ᾱ(i/T) = e^{-B(i/T)} is near DDPM's ᾱ_i."""
     # β(i/T)/T = β_min/T + (i/T)(β_max-β_min)/T ≈ DDPM's β_i for β_min = Tβ_1, β_max = Tβ_T.
     d = GaussianDiffusion(get_beta_schedule("linear", T))
     sde = VPSDE(beta_min=T * 1e-4, beta_max=T * 0.02)
@@ -70,6 +74,7 @@ def test_linear_vp_sde_is_the_continuum_limit_of_the_discrete_schedule():
 
 @pytest.mark.parametrize("sde", [VPSDE(), DiscreteVPSDE(get_beta_schedule("cosine", T))])
 def test_vp_variance_solves_the_variance_ode(sde):
+    """eq-ch6-moment-odes: dv/dt = β(t)(1 - v), by central differences."""
     # Var of p_t(x|x_0) solves dv/dt = β(t)(1 - v) for any VP-SDE; checked by central
     # differences away from the grid points (error O(h²) ≈ 1e-12 for h = 1e-6).
     t = torch.tensor([0.1234, 0.5011, 0.8777], dtype=torch.float64)
@@ -83,6 +88,7 @@ def test_vp_variance_solves_the_variance_ode(sde):
 
 
 def test_ve_sde_variance_grows_as_g_squared_and_reaches_sigma_max():
+    """eq-ch6-vesde: σ runs from σ_min to σ_max and g² = d[σ²]/dt."""
     sde = VESDE(0.01, 50.0)
     t = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
     _, std = sde.marginal_prob(torch.zeros(3, dtype=torch.float64), t)
@@ -95,6 +101,7 @@ def test_ve_sde_variance_grows_as_g_squared_and_reaches_sigma_max():
 
 
 def test_eps_model_score_is_minus_eps_over_sigma_at_grid_points():
+    """eq-ch6-score-eps: an ε-model's score is -ε̂/σ(t), Chapter 4's eps_to_score on the grid."""
     betas = get_beta_schedule("linear", T)
     sde, d = DiscreteVPSDE(betas), GaussianDiffusion(betas)
 
@@ -109,6 +116,7 @@ def test_eps_model_score_is_minus_eps_over_sigma_at_grid_points():
 
 
 def test_tweedie_denoiser_gives_the_posterior_mean_for_gaussian_data():
+    """eq-ch6-score-eps, eq-ch4-tweedie: (x + σ² ∇log p_t)/√ᾱ is E[x_0 | x_t] (Gaussian data)."""
     sde = VPSDE()
     t = torch.tensor([0.3, 0.3], dtype=torch.float64)
     x = torch.tensor([[-0.4], [1.2]], dtype=torch.float64)
@@ -136,13 +144,16 @@ def _flow_error(method, steps):
 
 @pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2)])
 def test_probability_flow_solver_converges_at_its_order(method, order):
+    """eq-ch6-pf-ode, eq-ch6-flow-map: the solvers converge to the exact Gaussian flow map."""
     # Halving the step divides the global error by 2^order, up to O(h) corrections.
     e1, e2, e3 = (_flow_error(method, n) for n in (100, 200, 400))
     for coarse, fine in ((e1, e2), (e2, e3)):
         assert math.log2(coarse / fine) == pytest.approx(order, abs=0.15)
 
 
-def test_euler_maruyama_matches_its_exact_moment_recursion_and_converges():
+def test_euler_maruyama_matches_its_exact_moment_recursion_and_converges(one_thread):
+    """eq-ch6-em, eq-ch6-reverse-sde: Euler–Maruyama on the reverse SDE has the moments of its
+    exact recursion and converges weakly at first order to the marginal p_{t_end}."""
     # With a Gaussian score each EM step is affine: x' = A x + b + c z with
     # A = 1 + hβ(½ - 1/v), b = hβ m/v, c = √(βh) (m, v the marginal at the step's time).
     # Its mean and variance therefore follow an exact recursion, derived here by hand.
@@ -287,6 +298,7 @@ def _gaussian_data_sde(mu: float, s: float):
 
 
 def test_ode_likelihood_of_gaussian_data_converges_at_second_order_to_the_exact_density():
+    """eq-ch6-cov: log p_0(x) = log p_1(x(1)) + ∫ ∇·F dt, to Heun's order on Gaussian data."""
     # With the exact score and the exact marginal at t = 1 as prior, the only error left is
     # Heun's discretization, O(h²): doubling the steps must cut it by about 4 (order 2).
     sde, score, log_p = _gaussian_data_sde(mu=0.7, s=0.4)
@@ -314,6 +326,7 @@ def test_ode_likelihood_refuses_a_start_time_outside_zero_one():
 
 
 def test_ode_likelihood_takes_its_prior_from_the_sde_so_a_ve_endpoint_is_scored_right():
+    """eq-ch6-cov: the log p_1(x(1)) term is the SDE's own prior."""
     # Data N(MU, S2) per coordinate under the VE-SDE: dx = g dW adds σ(t)² - σ_min² of variance,
     # so p_t = N(MU, S2 + σ(t)² - σ_min²) exactly and so is its score.
     sde = VESDE(sigma_min=0.01, sigma_max=50.0)
@@ -357,3 +370,300 @@ def test_ve_prior_log_density_is_the_wide_gaussian():
     z = torch.randn(4, 3, dtype=torch.float64)
     normal = torch.distributions.Normal(torch.zeros(3, dtype=torch.float64), 50.0)
     torch.testing.assert_close(sde.prior_logp(z), normal.log_prob(z).sum(1))
+
+
+# ----------------------------------------------------------------------------- the equations
+# Exact identities of Chapter 6, checked with autograd in float64 on data N(MU, S2), whose every
+# marginal is known: x(t) = c(t) x_0 + σ(t) ε, with c(t) and σ(t) from the SDE's marginal_prob.
+
+EPS64 = torch.finfo(torch.float64).eps
+TIMES = torch.tensor([0.0503, 0.3017, 0.7011, 0.9507], dtype=torch.float64)  # off T's grid
+SDES = [VPSDE(), DiscreteVPSDE(get_beta_schedule("cosine", T)), VESDE(0.01, 50.0)]
+SDE_IDS = ["vp", "discrete-vp-cosine", "ve"]
+
+
+def data_law(sde, t):
+    """Mean and variance of p_t for data N(MU, S2): c(t) MU and c(t)² S2 + σ(t)²."""
+    c, std = sde.marginal_prob(torch.ones_like(t), t)
+    return c * MU, c**2 * S2 + std**2
+
+
+def data_density(sde, x, t):
+    m, v = (u[:, None] for u in data_law(sde, t))
+    return torch.exp(-((x - m) ** 2) / (2 * v)) / torch.sqrt(2 * math.pi * v)
+
+
+def data_score(sde):
+    def score(x, t):
+        m, v = data_law(sde, t)
+        return -(x - m[:, None]) / v[:, None]
+
+    return score
+
+
+def grid_points():
+    """x [20, 1] and t [20]: five points x ∈ [-2, 2] at each of the TIMES."""
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64).repeat(len(TIMES))[:, None]
+    return x, TIMES.repeat_interleave(5)
+
+
+def fokker_planck_terms(sde, velocity, x, t):
+    """∂_t p, ∂_x (F p) and ½ G² ∂²_x p of the data density at (x, t), for the drift F and
+    diffusion G returned by ``velocity(x, t)``; and the size of the terms the sums are made of,
+    p g²/v (1 + (x-m)²/v), against which their rounding is measured."""
+    x, t = x.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    p = data_density(sde, x, t)
+    (dp_dt,) = torch.autograd.grad(p.sum(), t, retain_graph=True)
+    drift, g = velocity(x, t)
+    (flux,) = torch.autograd.grad((drift * p).sum(), x, retain_graph=True)
+    (dp_dx,) = torch.autograd.grad(p.sum(), x, create_graph=True)
+    (d2p,) = torch.autograd.grad(dp_dx.sum(), x)
+    m, v = (u[:, None] for u in data_law(sde, t.detach()))
+    g2 = sde.sde(x.detach(), t.detach())[1][:, None] ** 2
+    size = p.detach() * g2 / v * (1 + (x.detach() - m) ** 2 / v)
+    return dp_dt[:, None], flux, 0.5 * g[:, None] ** 2 * d2p, size
+
+
+def d_dt(y, t):
+    """dy/dt per item by autograd, for y [B] a function of t [B]; zero if y does not use t."""
+    if not y.requires_grad:
+        return torch.zeros_like(y)
+    return torch.autograd.grad(y.sum(), t, retain_graph=True)[0]
+
+
+@pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
+def test_marginals_follow_the_moment_equations_of_the_sdes_drift_and_diffusion(sde):
+    """eq-ch6-sde, eq-ch6-moment-odes: each SDE has a linear drift f(x, t) = a(t) x and
+    diffusion g(t); its marginal p(x(t) | x_0) then has mean m and variance v with
+    dm/dt = a m and dv/dt = 2 a v + g² (for VP, a = -½β: dv/dt = β(1 - v)), from m(0) = x_0 and
+    v(0) = 0 (VP) or σ_min² (VE, whose x(0) is data blurred at σ_min). Derivatives by autograd."""
+    x0 = torch.full((len(TIMES),), 1.7, dtype=torch.float64)
+    t = TIMES.clone().requires_grad_(True)
+    mean, std = sde.marginal_prob(x0, t)
+    var = std**2
+    dm, dv = d_dt(mean, t), d_dt(var, t)
+    x = torch.randn(len(TIMES), 3, dtype=torch.float64)
+    drift, g = sde.sde(x, TIMES)
+    a = sde.sde(torch.ones(len(TIMES), 1, dtype=torch.float64), TIMES)[0][:, 0]
+    torch.testing.assert_close(drift, a[:, None] * x, rtol=4 * EPS64, atol=0)
+    mean, var = mean.detach(), var.detach()
+    torch.testing.assert_close(dm, a * mean, rtol=1e-12, atol=0)
+    size = (2 * a * var).abs() + g**2  # dv/dt is a difference of these
+    assert ((dv - (2 * a * var + g**2)).abs() <= 1e-12 * size).all()
+    zero = torch.zeros(1, dtype=torch.float64)
+    m0, s0 = sde.marginal_prob(torch.full((1,), 1.7, dtype=torch.float64), zero)
+    assert m0.item() == 1.7
+    assert s0.item() == (sde.sigma_min if isinstance(sde, VESDE) else 0.0)
+
+
+@pytest.mark.parametrize("sde", SDES[:2], ids=SDE_IDS[:2])
+def test_vp_sde_drift_is_minus_half_beta_x_and_its_diffusion_root_beta(sde):
+    """eq-ch6-vpsde: f(x, t) = -½ β(t) x and g(t) = √β(t); for the linear VPSDE
+    β(t) = β_min + t (β_max - β_min)."""
+    x = torch.randn(len(TIMES), 2, dtype=torch.float64)
+    beta = sde.beta(TIMES)
+    drift, g = sde.sde(x, TIMES)
+    torch.testing.assert_close(drift, -0.5 * beta[:, None] * x, rtol=0, atol=0)
+    torch.testing.assert_close(g, beta.sqrt(), rtol=0, atol=0)
+    if type(sde) is VPSDE:
+        want = sde.beta_min + TIMES * (sde.beta_max - sde.beta_min)
+        torch.testing.assert_close(beta, want, rtol=2 * EPS64, atol=0)
+
+
+def test_ddpm_forward_step_is_an_euler_maruyama_step_of_the_vp_sde_up_to_beta_squared():
+    """eq-ch6-em, eq-ch6-vpsde (Proposition "DDPM's recurrence is Euler–Maruyama"): with
+    β_i = β(t_i)/T, the EM step x + f h + g √h z (h = 1/T, coefficients at t_i) and DDPM's
+    x_i = √(1-β_i) x + √β_i z share the noise term and differ in the factor of x by
+    1 - β_i/2 - √(1-β_i) = β_i²/(4(1 - β_i/2 + √(1-β_i))), in [β_i²/8, β_i²/(8(1-β_i))]."""
+    sde = VPSDE(beta_min=T * 1e-4, beta_max=T * 0.02)
+    i = torch.arange(1, T + 1, dtype=torch.float64)
+    d = GaussianDiffusion(sde.beta(i / T) / T)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(T, 2, dtype=torch.float64, generator=gen)
+    z = torch.randn(T, 2, dtype=torch.float64, generator=gen)
+    drift, g = sde.sde(x, i / T)
+    em = x + drift / T + g[:, None] * math.sqrt(1 / T) * z
+    ddpm = d.q_step(x, torch.arange(T), z)
+    b = d.betas[:, None]
+    gap = b**2 / (4 * (1 - b / 2 + (1 - b).sqrt()))  # = 1 - b/2 - √(1-b), without cancellation
+    rounding = 8 * EPS64 * (x.abs() + b.sqrt() * z.abs())  # a few ulps of the terms
+    assert ((em - ddpm - gap * x).abs() <= rounding).all()
+    assert (b**2 / 8 <= gap).all() and (gap <= b**2 / (8 * (1 - b))).all()
+
+
+@pytest.mark.parametrize("sde", SDES[:2], ids=SDE_IDS[:2])
+def test_vp_marginals_are_exp_of_minus_the_integrated_beta(sde):
+    """eq-ch6-marginals: mean e^{-B(t)/2} x_0 and variance 1 - e^{-B(t)} with B(t) = ∫_0^t β,
+    here integrated independently by the midpoint rule on the cells of T's grid (exact for a
+    linear β and for the piecewise constant β of DiscreteVPSDE); ᾱ(t) = e^{-B(t)}."""
+    for t in TIMES.tolist():
+        edges = torch.cat([torch.arange(0, math.floor(t * T) + 1, dtype=torch.float64) / T,
+                           torch.tensor([t], dtype=torch.float64)])  # fmt: skip
+        mids, widths = (edges[1:] + edges[:-1]) / 2, edges[1:] - edges[:-1]
+        big_b = (sde.beta(mids) * widths).sum().item()
+        tt = torch.tensor([t], dtype=torch.float64)
+        mean, std = sde.marginal_prob(torch.full((1,), 1.7, dtype=torch.float64), tt)
+        assert mean.item() == pytest.approx(math.exp(-big_b / 2) * 1.7, rel=1e-12)
+        assert std.item() ** 2 == pytest.approx(-math.expm1(-big_b), rel=1e-12)
+        assert sde.alpha_bar(tt).item() == pytest.approx(math.exp(-big_b), rel=1e-12)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
+def test_the_data_density_solves_the_fokker_planck_equation(sde):
+    """eq-ch6-fp: ∂_t p_t = -∂_x (f p_t) + ½ g² ∂²_x p_t for the SDE's own f and g, with
+    p_t = N(c MU, c² S2 + σ²) from its marginal_prob (float64, autograd). With ½ g² replaced by
+    g² the equation fails."""
+    x, t = grid_points()
+    dp_dt, flux, diffusion, size = fokker_planck_terms(sde, sde.sde, x, t)
+    assert ((dp_dt + flux - diffusion).abs() <= 1e-12 * size).all()
+    assert ((dp_dt + flux - 2 * diffusion).abs() > 1e-3 * size).any()
+
+
+@pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
+def test_probability_flow_velocity_carries_the_marginals(sde):
+    """eq-ch6-pf-ode, eq-ch6-fp: the ODE's velocity F = f - ½ g² ∇log p_t (ReverseSDE with
+    probability_flow, no noise) solves the continuity equation ∂_t p_t + ∂_x (F p_t) = 0 of the
+    exact marginals. The reverse SDE's drift f - g² ∇log p_t, without its noise, does not."""
+    x, t = grid_points()
+    ode = sde.reverse(data_score(sde), probability_flow=True)
+    assert (ode.sde(x, t)[1] == 0).all()
+    dp_dt, flux, _, size = fokker_planck_terms(sde, ode.sde, x, t)
+    assert ((dp_dt + flux).abs() <= 1e-12 * size).all()
+    wrong = sde.reverse(data_score(sde), probability_flow=False)
+    dp_dt, flux, _, size = fokker_planck_terms(sde, wrong.sde, x, t)
+    assert ((dp_dt + flux).abs() > 1e-3 * size).any()
+
+
+@pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
+def test_reverse_sde_run_backwards_has_the_forward_marginals(sde):
+    """eq-ch6-reverse-sde, eq-ch6-fp: dx = [f - g² ∇log p_t] dt + g dW̄ run from t = 1 down has
+    the Fokker–Planck equation ∂_t p = -∂_x (F p) - ½ g² ∂²_x p (time reversed), which the exact
+    marginals p_t solve. With ½ g² in the drift (the ODE's) and the noise kept, they do not."""
+    x, t = grid_points()
+    rev = sde.reverse(data_score(sde), probability_flow=False)
+    drift, g = rev.sde(x, t)
+    f, g_forward = sde.sde(x, t)
+    score = data_score(sde)(x, t)
+    torch.testing.assert_close(drift, f - g_forward[:, None] ** 2 * score, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(g, g_forward, rtol=0, atol=0)
+    dp_dt, flux, diffusion, size = fokker_planck_terms(sde, rev.sde, x, t)
+    assert ((dp_dt + flux + diffusion).abs() <= 1e-12 * size).all()
+
+    def half_drift_with_noise(y, s):
+        return sde.reverse(data_score(sde), probability_flow=True).sde(y, s)[0], sde.sde(y, s)[1]
+
+    dp_dt, flux, diffusion, size = fokker_planck_terms(sde, half_drift_with_noise, x, t)
+    assert ((dp_dt + flux + diffusion).abs() > 1e-3 * size).any()
+
+
+def test_euler_maruyama_steps_are_x_minus_reverse_drift_h_plus_g_root_h_z():
+    """eq-ch6-em, eq-ch6-reverse-sde: each step of euler_maruyama_sample is
+    x ← x - [f - g² s](x, t) h + g(t) √h z on the grid 1 = t_0 > ... > t_N = t_end, with
+    f = -½βx, g = √β written here from β(t) = β_min + t (β_max - β_min)."""
+    sde = VPSDE(0.1, 20.0)
+    score = gaussian_score(sde)
+    x_1 = torch.linspace(-2, 2, 5, dtype=torch.float64)[:, None]
+    got = euler_maruyama_sample(
+        sde, score, x_1, 2, t_end=0.2, denoise=False,
+        generator=torch.Generator().manual_seed(4), progress=False,
+    )  # fmt: skip
+    gen, x = torch.Generator().manual_seed(4), x_1.clone()
+    for t, h in ((1.0, 0.4), (0.6, 0.4)):
+        beta = 0.1 + t * (20.0 - 0.1)
+        s = score(x, torch.full((5,), t, dtype=torch.float64))
+        z = torch.randn(x.shape, dtype=x.dtype, generator=gen)
+        x = x - (-0.5 * beta * x - beta * s) * h + math.sqrt(beta * h) * z
+    torch.testing.assert_close(got, x, rtol=1e-13, atol=1e-13)
+
+
+def test_eps_model_score_of_the_exact_eps_is_the_exact_score():
+    """eq-ch6-score-eps: ∇ log p_t = -E[ε | x(t)]/σ(t). The exact E[ε | x_t] of Gaussian data
+    (GaussianOracle, by Gaussian conditioning, no score involved) through eps_model_score_fn
+    is the autograd score of the exact marginal density at the grid times t = i/T."""
+    betas = get_beta_schedule("linear", T)
+    sde, d = DiscreteVPSDE(betas), GaussianDiffusion(betas)
+    oracle = GaussianOracle(d, S2, mean=MU)
+    score = eps_model_score_fn(sde, lambda x, tf: oracle(x, tf.round().long()), T)
+    i = torch.tensor([1, 10, 500, 1000, 1, 10, 500, 1000])
+    t = i.double() / T
+    x = torch.linspace(-2, 2, 8, dtype=torch.float64)[:, None].requires_grad_(True)
+    (want,) = torch.autograd.grad(torch.log(data_density(sde, x, t)).sum(), x)
+    torch.testing.assert_close(score(x.detach(), t), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
+def test_gaussian_flow_map_solves_the_probability_flow_ode(sde):
+    """eq-ch6-flow-map: x(t) = m(t) + √(v(t)/v(1)) (x(1) - m(1)) has dx/dt equal to the
+    library's probability-flow velocity f - ½ g² ∇log p_t at (x(t), t) (autograd in t)."""
+    x1 = torch.linspace(-2, 2, 5, dtype=torch.float64).repeat(len(TIMES))[:, None]
+    t = TIMES.repeat_interleave(5).requires_grad_(True)
+    (m1, v1), (m, v) = data_law(sde, torch.ones_like(t)), data_law(sde, t)
+    x = m[:, None] + (v / v1).sqrt()[:, None] * (x1 - m1[:, None])
+    (dx_dt,) = torch.autograd.grad(x.sum(), t)
+    velocity = sde.reverse(data_score(sde), probability_flow=True).sde(x.detach(), t.detach())[0]
+    torch.testing.assert_close(dx_dt[:, None], velocity, rtol=1e-12, atol=1e-12)
+
+
+def test_ve_sde_is_driftless_with_g_squared_the_rate_of_sigma_squared():
+    """eq-ch6-vesde: f = 0, σ(t) = σ_min (σ_max/σ_min)^t, g² = d[σ²]/dt (autograd), and
+    p(x(t) | x_0) has mean x_0 and std σ(t)."""
+    sde = VESDE(0.01, 50.0)
+    t = TIMES.clone().requires_grad_(True)
+    sigma = sde.sigma(t)
+    (dsigma2,) = torch.autograd.grad((sigma**2).sum(), t)
+    x = torch.randn(len(TIMES), 3, dtype=torch.float64)
+    drift, g = sde.sde(x, TIMES)
+    assert (drift == 0).all()
+    torch.testing.assert_close(g**2, dsigma2, rtol=1e-13, atol=0)
+    torch.testing.assert_close(sigma.detach(), 0.01 * 5000.0**TIMES, rtol=1e-13, atol=0)
+    mean, std = sde.marginal_prob(x, TIMES)
+    assert torch.equal(mean, x) and torch.equal(std, sigma.detach())
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_ve_noise_level_of_ddpm_is_one_over_its_snr(name):
+    """eq-ch6-ve-vp: y = x/√ᾱ ~ N(x_0, σ_VE² I) with σ_VE² = (1-ᾱ)/ᾱ = 1/SNR, at every step of
+    DDPM's grid (DiscreteVPSDE's marginals at t = i/T against GaussianDiffusion.snr)."""
+    betas = get_beta_schedule(name, T)
+    sde, d = DiscreteVPSDE(betas), GaussianDiffusion(betas)
+    t = torch.arange(1, T + 1, dtype=torch.float64) / T
+    x0 = torch.full((T,), 0.8, dtype=torch.float64)
+    mean, std = sde.marginal_prob(x0, t)
+    c = sde.mean_coeff(t)
+    torch.testing.assert_close(mean / c, x0, rtol=1e-15, atol=0)
+    torch.testing.assert_close((std / c) ** 2, 1 / d.snr(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("sde", SDES[:2], ids=SDE_IDS[:2])
+def test_vp_sde_in_ve_coordinates_is_driftless_with_diffusion_the_rate_of_one_over_snr(sde):
+    """eq-ch6-ve-vp (Proposition "VP in VE coordinates"): for y = x/√ᾱ(t) the product rule
+    gives the drift x d(ᾱ^{-1/2})/dt + ᾱ^{-1/2} f(x, t) = 0 and the diffusion² g²/ᾱ, which equals
+    d[(1-ᾱ)/ᾱ]/dt (autograd in t of the library's mean coefficient and std)."""
+    t = TIMES.clone().requires_grad_(True)
+    c = sde.mean_coeff(t)  # √ᾱ(t)
+    _, std = sde.marginal_prob(torch.ones_like(t), t)
+    (d_inv_c,) = torch.autograd.grad((1 / c).sum(), t, retain_graph=True)
+    (d_sigma_ve2,) = torch.autograd.grad(((std / c) ** 2).sum(), t)
+    x = torch.randn(len(TIMES), 3, dtype=torch.float64)
+    f, g = sde.sde(x, TIMES)
+    c = c.detach()[:, None]
+    drift_y = x * d_inv_c[:, None] + f / c
+    assert (drift_y.abs() <= 1e-13 * (f / c).abs()).all()
+    torch.testing.assert_close(g**2 / c[:, 0] ** 2, d_sigma_ve2, rtol=1e-12, atol=0)
+
+
+def test_log_density_along_the_exact_flow_changes_at_minus_the_divergence():
+    """eq-ch6-cov: along the exact flow map x(t) of 2-D Gaussian data,
+    d/dt log p_t(x(t)) = -∇·F(x(t), t), with F the library's probability-flow velocity and
+    ∇·F from its exact ``divergence``; the time derivative by autograd."""
+    sde = VPSDE()
+    x1 = torch.tensor([[0.1, 1.2], [-0.5, 0.9], [1.5, 0.0], [-2.0, -1.0]], dtype=torch.float64)
+    x1 = x1.repeat(len(TIMES), 1)
+    t = TIMES.repeat_interleave(4).requires_grad_(True)
+    (m1, v1), (m, v) = data_law(sde, torch.ones_like(t)), data_law(sde, t)
+    x = m[:, None] + (v / v1).sqrt()[:, None] * (x1 - m1[:, None])
+    log_p = -((x - m[:, None]) ** 2) / (2 * v[:, None]) - 0.5 * torch.log(2 * math.pi * v)[:, None]
+    (dlogp_dt,) = torch.autograd.grad(log_p.sum(), t)
+    ode = sde.reverse(data_score(sde), probability_flow=True)
+    _, div = divergence(lambda y, s: ode.sde(y, s)[0], x.detach(), t.detach())
+    torch.testing.assert_close(dlogp_dt, -div, rtol=1e-12, atol=1e-12)

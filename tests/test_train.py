@@ -1,5 +1,6 @@
 """Specification of ddpm_lib.training: training, EMA, NaN handling, exact resume (Chapter 4)."""
 
+import copy
 import math
 import os
 import signal
@@ -11,9 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddpm_lib.diffusion import GaussianDiffusion
 from ddpm_lib.nets import build_model
+from ddpm_lib.schedules import linear_beta_schedule
 from ddpm_lib.training import NonFiniteLossError, TrainConfig, Trainer
 from ddpm_lib.training.checkpoint import CheckpointError, load_checkpoint
+from helpers import mc_tolerance
+
+U32 = 2.0**-24  # float32 unit roundoff
 
 SMALL_UNET_28 = {
     "type": "unet",
@@ -266,3 +272,124 @@ def test_run_writes_config_and_metrics_log(tmp_path):
     assert (run / "config.json").exists()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # logged at steps 5 and 10
+
+
+# Algorithm 1 (alg-ch4-training) and its loss L_simple (eq-ch7-lsimple) --------------------------
+def smooth_eps(x, t):
+    """A made-up ε-network: the identities below hold for any network."""
+    return 0.5 * torch.tanh(x) + 0.01 * t.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)).sqrt()
+
+
+def float32_mse_tolerance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Bound on the error of mean((a - b)²) per example when a, b are cast to float32 first.
+
+    With d = a - b, each element is off by ≤ u32 (2|d|(|a| + |b|) + 3d²) and the float32 sum of
+    n elements adds ≤ n u32 Σ d².
+    """
+    diff = (a - b).flatten(1)
+    n = diff.shape[1]
+    per_element = 2 * diff.abs() * (a.abs() + b.abs()).flatten(1) + (3 + n) * diff**2
+    return U32 * per_element.mean(1)
+
+
+def test_training_loss_regresses_the_noise_at_the_closed_form_marginal():
+    """eq-ch7-lsimple: the loss is ‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖², averaged over pixels.
+
+    ᾱ_t is written from the schedule alone, everything in float64 but the loss itself, which
+    the library takes in float32 (bound: float32_mse_tolerance). x_t built with ᾱ_t in place
+    of √ᾱ_t gives another loss, outside the same bound (once ᾱ_t is away from 1).
+    """
+    betas = linear_beta_schedule(1000)
+    d = GaussianDiffusion(betas)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 1, 10, 100, 500, 999])
+    x0 = torch.rand(len(t), 1, 4, 4, dtype=torch.float64, generator=g) * 2 - 1
+    eps = torch.randn(x0.shape, dtype=torch.float64, generator=g)
+    loss = d.training_loss(smooth_eps, x0, t=t, noise=eps).double()
+    alpha_bar = torch.cumprod(1 - betas, 0)[t].reshape(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    pred = smooth_eps(x_t, t)
+    want = (eps - pred).pow(2).flatten(1).mean(1)
+    tol = float32_mse_tolerance(pred, eps)
+    assert ((loss - want).abs() <= tol).all()
+    x_t_wrong = alpha_bar * x0 + (1 - alpha_bar).sqrt() * eps
+    wrong = (eps - smooth_eps(x_t_wrong, t)).pow(2).flatten(1).mean(1)
+    assert ((loss - wrong).abs() > tol)[t >= 10].all()  # for the first steps ᾱ_t ≈ √ᾱ_t ≈ 1
+
+
+def test_training_loss_draws_t_uniformly_and_the_noise_standard_normal():
+    """alg-ch4-training lines 3-4, the expectation of eq-ch7-lsimple: t ~ U{1..T}, ε ~ N(0, I).
+
+    A spy network records (x_t, t); with x_0 = 0, ε = x_t/√(1-ᾱ_t). Over n = 40000 draws the
+    count of each of the T = 10 steps, and the mean and variance of ε, must lie within 5
+    standard errors of n/T, 0 and 1.
+    """
+    T, n = 10, 40_000
+    d = GaussianDiffusion(linear_beta_schedule(T, 0.05, 0.5))
+    seen = {}
+
+    def spy(x, t):
+        seen.update(x=x, t=t)
+        return torch.zeros_like(x)
+
+    x0 = torch.zeros(n, 1, dtype=torch.float64)
+    loss = d.training_loss(spy, x0, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(seen["t"], minlength=T).double()
+    p = 1 / T
+    assert ((counts - n * p).abs() < mc_tolerance(math.sqrt(p * (1 - p)), n) * n).all()
+    eps = seen["x"] / d.sqrt_one_minus_alphas_cumprod[seen["t"]].reshape(-1, 1)
+    assert abs(eps.mean().item()) < mc_tolerance(1.0, n)
+    assert abs(eps.var().item() - 1) < mc_tolerance(math.sqrt(2.0), n)
+    # With ε_θ = 0 the loss of each example is its ε².
+    torch.testing.assert_close(loss.double(), eps[:, 0] ** 2, rtol=4 * U32, atol=0)
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.01])
+def test_train_step_is_an_adamw_step_on_the_l_simple_gradient_of_its_batch(
+    tmp_path, monkeypatch, grad_clip
+):
+    """alg-ch4-training: one Trainer step, redone by hand from what it drew.
+
+    A spy on q_sample records the batch x_0, the steps t and the noise ε. By hand, with a copy
+    of the weights from before the step: the loss ‖ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)‖² (mean
+    over the batch and the coordinates), its gradient by autograd, scaled to norm ≤ grad_clip
+    when clipping is on, and AdamW's first update θ - lr ĝ/(|ĝ| + ε_adam). Everything runs in
+    float32 with the same operations, so only the order of float32 sums differs: a few
+    roundings of the largest terms.
+    """
+    cfg = toy_config(tmp_path, batch_size=64, grad_clip=grad_clip)
+    trainer = Trainer(cfg)
+    before = copy.deepcopy(trainer.model)
+    drawn = {}
+    q_sample = trainer.diffusion.q_sample
+
+    def spy(x0, t, noise=None):
+        drawn.update(x0=x0.clone(), t=t.clone(), noise=noise.clone())
+        return q_sample(x0, t, noise)
+
+    monkeypatch.setattr(trainer.diffusion, "q_sample", spy)
+    loss = trainer.train_step().item()
+
+    x0, t, noise = drawn["x0"], drawn["t"], drawn["noise"]
+    assert x0.shape == (cfg.batch_size, 2)
+    assert (x0[:, None, :] == trainer.data[None]).all(-1).any(1).all()  # rows of the data
+    alpha_bar = torch.cumprod(1 - linear_beta_schedule(cfg.num_timesteps), 0)[t][:, None]
+    x_t = alpha_bar.sqrt().float() * x0 + (1 - alpha_bar).sqrt().float() * noise
+    by_hand = (before(x_t, t) - noise).pow(2).mean(1).mean()
+    assert loss == pytest.approx(by_hand.item(), rel=8 * U32)
+
+    grads = torch.autograd.grad(by_hand, list(before.parameters()))
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    scale = min(1.0, grad_clip / (norm.item() + 1e-6)) if grad_clip > 0 else 1.0
+    if grad_clip > 0:
+        assert scale < 1  # the clip is active in this case
+    beta1 = trainer.optimizer.param_groups[0]["betas"][0]
+    eps_adam = trainer.optimizer.param_groups[0]["eps"]
+    gmax = max(g.abs().max().item() for g in grads)
+    for p0, p1, g in zip(before.parameters(), trainer.model.parameters(), grads, strict=True):
+        g = scale * g
+        state = trainer.optimizer.state[p1]
+        torch.testing.assert_close(state["exp_avg"] / (1 - beta1), g, rtol=1e-5, atol=1e-6 * gmax)
+        step = cfg.lr * g / (g.abs() + eps_adam)
+        atol = 1e-5 * cfg.lr + 4 * U32 * p0.detach().abs()
+        assert ((p1.detach() - (p0.detach() - step)).abs() <= atol).all()

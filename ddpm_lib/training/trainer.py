@@ -309,7 +309,7 @@ class Trainer:
         return loss.clone()
 
     def update(self, ema_weight: float | Tensor, *, cache_casts: bool = True) -> Tensor:
-        """Algorithm 1 (alg-ch4-training) once; returns the loss, detached.
+        """Algorithm 1 (alg-ch4-training) once; returns the loss, detached. Chapter 4.
 
         1. Draw a batch x_0 from the data (with replacement).
         2. Draw t and ε and take the loss of ``diffusion.training_loss`` (L_simple, or the

@@ -1,0 +1,75 @@
+"""Specification of ddpm_lib.checks: the z-scores behind the chapters' Monte Carlo checks.
+
+eq-ch2-z: z_mean = (m̂ - m)/√(v/n) and z_var = (s² - v)/(v √(2/(n-1))), each about N(0, 1)
+when n independent draws really have mean m and variance v (Chapter 2).
+"""
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from ddpm_lib.checks import moment_z_scores
+from helpers import mc_tolerance
+
+SAMPLES = [0.5, 1.5, -0.25, 2.0, 1.0, 0.75]
+
+
+def test_z_scores_are_the_standardized_errors_of_the_sample_mean_and_variance():
+    """eq-ch2-z: z_mean = (m̂ - m)/√(v/n), z_var = (s² - v)/(v √(2/(n-1))), s² with n - 1."""
+    n, m, v = len(SAMPLES), 0.8, 0.7
+    z = moment_z_scores(torch.tensor(SAMPLES, dtype=torch.float64), m, v)
+    s2 = statistics.variance(SAMPLES)  # the unbiased sample variance
+    expected_mean = (statistics.fmean(SAMPLES) - m) / math.sqrt(v / n)
+    expected_var = (s2 - v) / (v * math.sqrt(2 / (n - 1)))
+    # A handful of float64 operations on numbers of order one.
+    assert z.mean == pytest.approx(expected_mean, rel=1e-12, abs=1e-14)
+    assert z.variance == pytest.approx(expected_var, rel=1e-12, abs=1e-14)
+    # The population variance (divisor n) would give another z: the divisor matters.
+    wrong = (statistics.pvariance(SAMPLES) - v) / (v * math.sqrt(2 / (n - 1)))
+    assert abs(z.variance - wrong) > 0.1
+
+
+def test_z_scores_have_mean_0_and_variance_1_for_gaussian_draws_of_the_claimed_law():
+    """eq-ch2-z: over many Gaussian samples of the claimed law both z-scores are standardized.
+
+    z_mean is exactly N(0, 1). z_var = (χ²_k - k)/√(2k) with k = n - 1 has mean 0, variance 1
+    and fourth moment 3 + 12/k, which sets the standard error of its sample variance.
+    """
+    gen = torch.Generator().manual_seed(0)
+    reps, n, m, v = 4000, 25, -0.4, 2.5
+    draws = m + math.sqrt(v) * torch.randn(reps, n, dtype=torch.float64, generator=gen)
+    z = torch.tensor([moment_z_scores(row, m, v) for row in draws], dtype=torch.float64)
+    z_mean, z_var = z[:, 0], z[:, 1]
+    assert abs(z_mean.mean().item()) < mc_tolerance(1.0, reps)
+    assert abs(z_mean.var().item() - 1) < mc_tolerance(math.sqrt(2.0), reps - 1)
+    k = n - 1
+    assert abs(z_var.mean().item()) < mc_tolerance(1.0, reps)
+    assert abs(z_var.var().item() - 1) < mc_tolerance(math.sqrt(2 + 12 / k), reps - 1)
+
+
+@pytest.mark.parametrize(
+    "claimed_mean, claimed_var, flagged",
+    [(0.3, 2.0, ()), (0.35, 2.0, ("mean",)), (0.3, 2.2, ("variance",))],
+)
+def test_z_scores_flag_a_wrong_claimed_mean_or_variance(claimed_mean, claimed_var, flagged):
+    """eq-ch2-z: |z| < 5 for the true law of 10⁵ draws; a 0.05 shift of the mean (z ≈ 11) or a
+    10% larger variance (z ≈ -20) gives |z| > 5."""
+    gen = torch.Generator().manual_seed(1)
+    n = 100_000
+    x = 0.3 + math.sqrt(2.0) * torch.randn(n, dtype=torch.float64, generator=gen)
+    z = moment_z_scores(x, claimed_mean, claimed_var)
+    assert (abs(z.mean) > 5) == ("mean" in flagged)
+    assert (abs(z.variance) > 5) == ("variance" in flagged)
+
+
+def test_fewer_than_two_samples_are_rejected():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        moment_z_scores(torch.tensor([1.0]), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("variance", [0.0, -1.0, float("nan")])
+def test_a_claimed_variance_that_is_not_positive_is_rejected(variance):
+    with pytest.raises(ValueError, match="must be positive"):
+        moment_z_scores(torch.tensor([1.0, 2.0, 3.0]), 0.0, variance)
