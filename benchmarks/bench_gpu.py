@@ -37,11 +37,11 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddpm_lib.diffusion import GaussianDiffusion  # noqa: E402
-from ddpm_lib.fast import GraphedSampler  # noqa: E402
-from ddpm_lib.models import UNetConfig, build_model, count_parameters  # noqa: E402
-from ddpm_lib.resunet import ResUNetConfig  # noqa: E402
+from ddpm_lib.accel.graphs import GraphedSampler  # noqa: E402
+from ddpm_lib.nets import UNetConfig, build_model, count_parameters  # noqa: E402
+from ddpm_lib.nets.resunet import ResUNetConfig  # noqa: E402
 from ddpm_lib.schedules import linear_beta_schedule  # noqa: E402
-from ddpm_lib.train import TrainConfig, Trainer  # noqa: E402
+from ddpm_lib.training import TrainConfig, Trainer  # noqa: E402
 
 RESULTS: dict = {}
 START = time.monotonic()
@@ -420,7 +420,7 @@ def measure(kind: str, args) -> None:
     fast_model = ours.eval().to(memory_format=torch.channels_last)
     if DEVICE == "cuda":
         fast_model = torch.compile(fast_model)
-    sampler = GraphedSampler(d, fast_model, (N_SAMPLE, *shape), DEVICE, bf16=True)
+    sampler = GraphedSampler(d, fast_model, (N_SAMPLE, *shape), device=DEVICE, bf16=True)
     sampler.sample()  # capture (and compile)
     sample["ours_fast_setup_s"] = time.time() - t0
     sample["ours_fast"] = cuda_time(sampler.sample, iters=1, warmup=0)

@@ -3,7 +3,7 @@
     python benchmarks/ode_likelihood.py --out-dir benchmarks/results/quality
 
 For each image checkpoint: bits/dim of 1,000 held-out images (100 log-spaced Heun steps, one
-Hutchinson probe per image, uniform dequantization; ``ddpm_lib.metrics.ode_bits_per_dim``), and
+Hutchinson probe per image, uniform dequantization; ``ddpm_lib.evaluation.metrics.ode_bits_per_dim``), and
 the same for the first 100 of them at 50, 100 and 200 steps, to show the step count suffices.
 For the Gaussian-mixture toy: the mean log-likelihood of 10,000 fresh points (exact divergence)
 beside their exact log-density. Writes ode_<checkpoint>.json per checkpoint.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_lib.evaluate import evaluate_checkpoint  # noqa: E402
-from ddpm_lib.pretrained import find_checkpoint  # noqa: E402
-from ddpm_lib.train import device_name  # noqa: E402
+from ddpm_lib.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
+from ddpm_lib.training.pretrained import find_checkpoint  # noqa: E402
+from ddpm_lib.training.trainer import device_name  # noqa: E402
 from ddpm_lib.utils import get_device  # noqa: E402
 
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_gpu  # noqa: E402
 
 from ddpm_lib.diffusion import GaussianDiffusion  # noqa: E402
-from ddpm_lib.fast import GraphedSampler  # noqa: E402
-from ddpm_lib.models import UNet  # noqa: E402
+from ddpm_lib.accel.graphs import GraphedSampler  # noqa: E402
+from ddpm_lib.nets import UNet  # noqa: E402
 from ddpm_lib.schedules import linear_beta_schedule  # noqa: E402
 
 GROUPS = {
@@ -87,7 +87,7 @@ def main() -> None:
         model = UNet(bench_gpu.OURS[kind]).cuda().eval().to(memory_format=torch.channels_last)
         d = GaussianDiffusion(linear_beta_schedule(1000))
         sampler = GraphedSampler(
-            d, torch.compile(model), (256, *bench_gpu.SHAPES[kind]), "cuda", bf16=True
+            d, torch.compile(model), (256, *bench_gpu.SHAPES[kind]), device="cuda", bf16=True
         )
         sampler.sample()  # compile and capture
         sampler.T = 20

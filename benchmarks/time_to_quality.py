@@ -24,11 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ddpm_lib.checkpoint import export_release  # noqa: E402
+from ddpm_lib.training.checkpoint import export_release  # noqa: E402
 from ddpm_lib.data import load_image_dataset  # noqa: E402
-from ddpm_lib.evaluate import draw_samples, load_classifier  # noqa: E402
-from ddpm_lib.metrics import extract_features, frechet_distance_features  # noqa: E402
-from ddpm_lib.train import TrainConfig, Trainer, device_name  # noqa: E402
+from ddpm_lib.evaluation.evaluate import draw_samples, load_classifier  # noqa: E402
+from ddpm_lib.evaluation.metrics import extract_features, frechet_distance_features  # noqa: E402
+from ddpm_lib.training import TrainConfig, Trainer  # noqa: E402
+from ddpm_lib.training.trainer import device_name  # noqa: E402
 
 
 def main() -> None:

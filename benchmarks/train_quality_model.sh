@@ -26,13 +26,13 @@ WORK=${WORK:-/tmp/ddpm_quality_large}
 export PYTHONPATH=${PYTHONPATH:-.}:.
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
-fast=(--bf16 --channels-last --compile --cuda-graph)
+fast=()
 bf16=(--bf16)
 timesteps=1000
 samplers=ddpm-1000,ddim-100,ddim-50
 elbo_n=1000
 if [[ -n "${SMOKE:-}" ]]; then  # CPU: no compile, no bf16, a 10-step schedule
-  fast=(--cuda-graph)
+  fast=(--no-bf16 --no-channels-last --no-compile)
   bf16=()
   timesteps=10
   samplers=ddpm-10,ddim-5
@@ -42,11 +42,9 @@ STAGE=${STAGE:-all}
 case "$STAGE" in all|train|evaluate) ;; *) echo "STAGE must be all, train or evaluate, got '$STAGE'" >&2; exit 2;; esac
 CHECKPOINT=${CHECKPOINT:-$OUT/fashion_mnist_large.pt}
 if [[ "$STAGE" != evaluate ]]; then
-${PYTHON:-python3} -m ddpm_lib train --dataset fashion_mnist --data-root "$DATA" --preset mnist \
-  --num-timesteps "$timesteps" --schedule linear --lr 4e-4 --warmup 1000 --grad-clip 1.0 \
-  --ema-decay 0.9995 --batch-size "$BATCH" --steps 1000000 "${fast[@]}" \
-  --log-every 1000 --save-every 5000 --time-limit "$MINUTES" --no-progress \
-  --out-dir "$WORK" > "$OUT/train.log" 2>&1
+${PYTHON:-python3} -m ddpm_lib train --recipe fashion_mnist_large --data-root "$DATA" \
+  --num-timesteps "$timesteps" --batch-size "$BATCH" "${fast[@]}" --time-limit "$MINUTES" \
+  --no-progress --out-dir "$WORK" > "$OUT/train.log" 2>&1
 ${PYTHON:-python3} -m ddpm_lib export --checkpoint "$WORK/last.pt" --out "$OUT/fashion_mnist_large.pt" \
   >> "$OUT/train.log" 2>&1
 echo trained > "$OUT/TRAINED"

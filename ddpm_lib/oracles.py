@@ -63,13 +63,18 @@ class GaussianOracle:
         ab = diffusion.alphas_cumprod
         self.diffusion, self.s2, self.mean = diffusion, float(s2), float(mean)
         self.gain = ab.sqrt() * s2 / (ab * s2 + 1 - ab)  # [T], float64
+        self._tables: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     def x0(self, x_t: Tensor, t: Tensor) -> Tensor:
         """E[x_0 | x_t], shaped like x_t."""
         t = self.diffusion.check_t(t, x_t)
+        key = (x_t.dtype, x_t.device)
+        if key not in self._tables:  # cached per device: a CUDA graph may not copy from the CPU
+            ab = self.diffusion.sqrt_alphas_cumprod
+            self._tables[key] = (self.gain.to(x_t), ab.to(x_t))
+        gain, root_ab = self._tables[key]
         shape = (-1, *([1] * (x_t.ndim - 1)))
-        gain = self.gain.to(x_t)[t].reshape(shape)
-        root_ab = self.diffusion.sqrt_alphas_cumprod.to(x_t)[t].reshape(shape)
+        gain, root_ab = gain[t].reshape(shape), root_ab[t].reshape(shape)
         return self.mean + gain * (x_t - root_ab * self.mean)
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
