@@ -207,8 +207,9 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         foreign = sorted(set(overrides) - {f.name for f in dataclasses.fields(config_cls)})
         if foreign:
             parser.error(
-                f"{', '.join(map(_flag, foreign))} are not settings of model type {kind!r}; "
-                "choose the type with --model"
+                f"{', '.join(map(_flag, foreign))} "
+                f"{'is not a setting' if len(foreign) == 1 else 'are not settings'} of model "
+                f"type {kind!r}; choose the type with --model"
             )
         spec: dict[str, Any] = {"type": kind, **overrides}
         if args.preset or kind == "unet":

@@ -75,7 +75,7 @@ def test_export_writes_a_release_checkpoint(toy_run, tmp_path, capsys):
         (["train", "--dataset", "imagenet"], "unknown dataset"),
         (["train", "--steps", "0"], "steps must be positive"),
         (["train", "--lr", "-1"], "lr must be a positive number"),
-        (["train", "--model", "mlp", "--ch", "8"], "not settings of model type 'mlp'"),
+        (["train", "--model", "mlp", "--ch", "8"], "--ch is not a setting of model type 'mlp'"),
         (["train", "--recipe", "imagenet"], "invalid choice"),
         (["train", "--steps", "many"], "invalid"),
         (["train", "--schedule", "quadratic"], "invalid choice"),
