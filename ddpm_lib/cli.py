@@ -180,7 +180,7 @@ def _model_fields() -> dict[str, tuple[Any, str, list[str]]]:
     for kind, (_, config_cls, _) in MODEL_TYPES.items():
         hints = typing.get_type_hints(config_cls)
         for f in dataclasses.fields(config_cls):
-            base, help_text, kinds = out.get(f.name, (None, f.metadata.get("help", ""), []))
+            _, help_text, kinds = out.get(f.name, (None, f.metadata.get("help", ""), []))
             hint = hints[f.name]
             base = _int_tuple if typing.get_origin(hint) is tuple else _base_type(hint)
             out[f.name] = (base, help_text, [*kinds, kind])

@@ -405,6 +405,18 @@ def posterior_grid(d, width, points):
     return t, x0, x_t, post, u, post.mean + post.variance.sqrt() * u
 
 
+def bayes_log_terms(d, t, x0, x_t, x):
+    """log q(x_t | x_{t-1}), log q(x_{t-1} | x_0) and log q(x_t | x_0) at x_{t-1} = x: the three
+    factors of Bayes' rule for the posterior (eq-ch3-bayes)."""
+    alpha, beta = col(d.alphas, t), col(d.betas, t)
+    ab, ab_prev = col(d.alphas_cumprod, t), col(d.alphas_cumprod, t - 1)
+    return (
+        log_normal(x_t, alpha.sqrt() * x, beta),
+        log_normal(x, ab_prev.sqrt() * x0, 1 - ab_prev),
+        log_normal(x_t, ab.sqrt() * x0, 1 - ab),
+    )
+
+
 def log_density_tol(d, t, x0, x_t, post, width, *terms):
     """Float64 error of a sum of Gaussian log densities ``terms`` on posterior_grid's points.
 
@@ -479,14 +491,8 @@ def test_completing_the_square_leaves_log_q_xt_given_x0(diffusion):
     = log q(x_t | x_0) at each of 201 points x_{t-1}, for every t = 2..T."""
     width = 6
     t, x0, x_t, post, u, x = posterior_grid(diffusion, width, 201)
-    alpha, beta = col(diffusion.alphas, t), col(diffusion.betas, t)
-    ab, ab_prev = col(diffusion.alphas_cumprod, t), col(diffusion.alphas_cumprod, t - 1)
-    terms = (
-        log_normal(x_t, alpha.sqrt() * x, beta),
-        log_normal(x, ab_prev.sqrt() * x0, 1 - ab_prev),
-        -log_normal(x, post.mean, post.variance),
-        -log_normal(x_t, ab.sqrt() * x0, 1 - ab),
-    )
+    forward, prior, evidence = bayes_log_terms(diffusion, t, x0, x_t, x)
+    terms = (forward, prior, -log_normal(x, post.mean, post.variance), -evidence)
     bound = log_density_tol(diffusion, t, x0, x_t, post, width, *terms)
     assert_within(sum(terms), torch.zeros_like(x), bound)
 
@@ -496,13 +502,8 @@ def test_bayes_rule_normalizes_to_a_gaussian_with_the_posterior_moments(diffusio
     mass 1, mean μ̃_t and variance β̃_t (trapezoid rule, every t = 2..T)."""
     width = 12
     t, x0, x_t, post, u, x = posterior_grid(diffusion, width, 2401)
-    alpha, beta = col(diffusion.alphas, t), col(diffusion.betas, t)
-    ab, ab_prev = col(diffusion.alphas_cumprod, t), col(diffusion.alphas_cumprod, t - 1)
-    terms = (
-        log_normal(x_t, alpha.sqrt() * x, beta),
-        log_normal(x, ab_prev.sqrt() * x0, 1 - ab_prev),
-        -log_normal(x_t, ab.sqrt() * x0, 1 - ab),
-    )
+    forward, prior, evidence = bayes_log_terms(diffusion, t, x0, x_t, x)
+    terms = (forward, prior, -evidence)
     density_u = torch.exp(sum(terms)) * post.variance.sqrt()  # the density of u = (x - μ̃)/√β̃
     h = (u[1] - u[0]).item()
 

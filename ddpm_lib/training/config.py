@@ -179,7 +179,7 @@ def resume_conflicts(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]
 def with_variance_channels(spec: dict[str, Any], var_type: str) -> dict[str, Any]:
     """``spec`` with out_channels = 2 × in_channels when the variance is learned.
 
-    A learned-variance network returns [prediction | ν] (``GaussianDiffusion.split_output``).
+    A learned-variance network returns [prediction | ν] (``LearnedRangeDiffusion.split_output``).
     An explicit out_channels must already be 2 × in_channels.
     """
     if var_type != "learned_range":
