@@ -38,3 +38,61 @@ def moment_z_scores(samples: Tensor, mean: float, variance: float) -> MomentZSco
     z_mean = (x.mean().item() - mean) / math.sqrt(variance / n)
     z_var = (x.var().item() - variance) / (variance * math.sqrt(2 / (n - 1)))
     return MomentZScores(z_mean, z_var)
+
+
+def z_tolerance(m: int, family_alpha: float = 1e-3) -> float:
+    """The |z| above which one of ``m`` standardized errors is flagged (Bonferroni), Chapters 1-2.
+
+    With m exact N(0, 1) errors, P(any |z| > z_tol) <= family_alpha when
+    P(|z| > z_tol) = family_alpha / m for each: z_tol = Φ⁻¹(1 - family_alpha / (2m)).
+    """
+    if m < 1:
+        raise ValueError(f"need at least one comparison, got m={m}")
+    if not 0.0 < family_alpha < 1.0:
+        raise ValueError(f"family_alpha must be in (0, 1), got {family_alpha}")
+    q = torch.tensor(1 - family_alpha / (2 * m), dtype=torch.float64)
+    return torch.special.ndtri(q).item()
+
+
+def ks_two_sample(a: Tensor, b: Tensor) -> float:
+    """Kolmogorov–Smirnov distance sup_x |F_a(x) - F_b(x)| of two 1-D samples (Chapter 2).
+
+    Both empirical CDFs are step functions, so the supremum is reached at a sample point.
+    """
+    a, b = a.detach().double().flatten().sort().values, b.detach().double().flatten().sort().values
+    if a.numel() == 0 or b.numel() == 0:
+        raise ValueError("both samples must be non-empty")
+    points = torch.cat([a, b])
+    f_a = torch.searchsorted(a, points, right=True).double() / a.numel()
+    f_b = torch.searchsorted(b, points, right=True).double() / b.numel()
+    return (f_a - f_b).abs().max().item()
+
+
+def ks_one_sample(a: Tensor, mean: float, std: float) -> float:
+    """Kolmogorov–Smirnov distance sup_x |F_a(x) - Φ((x - mean)/std)| to a normal law (Chapter 2).
+
+    Just before and at each sorted point x_(k) the empirical CDF is (k-1)/n and k/n.
+    """
+    a = a.detach().double().flatten().sort().values
+    n = a.numel()
+    if n == 0:
+        raise ValueError("the sample must be non-empty")
+    if not std > 0:
+        raise ValueError(f"std must be positive, got {std}")
+    cdf = torch.special.ndtr((a - mean) / std)
+    k = torch.arange(1, n + 1, dtype=cdf.dtype)
+    return torch.maximum(k / n - cdf, cdf - (k - 1) / n).max().item()
+
+
+def ks_critical_value(alpha: float, n: int, m: int | None = None) -> float:
+    """The distance a KS test at level ``alpha`` rejects above, for large samples (Chapter 2).
+
+    One sample of size n: c(α)/√n with c(α) = √(-ln(α/2)/2) (the asymptotic Kolmogorov bound).
+    Two samples of sizes n and m: c(α) √((n + m)/(n m)).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n < 1 or (m is not None and m < 1):
+        raise ValueError(f"sample sizes must be positive, got n={n}, m={m}")
+    c = math.sqrt(-math.log(alpha / 2) / 2)
+    return c / math.sqrt(n) if m is None else c * math.sqrt((n + m) / (n * m))

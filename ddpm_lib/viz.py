@@ -7,6 +7,10 @@ used; no backend is forced, so notebooks keep their inline display.
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +26,7 @@ from torch import Tensor
 
 __all__ = [
     "animate_reverse",
+    "frame_slider",
     "make_grid",
     "plot_histogram",
     "plot_schedules",
@@ -286,3 +291,44 @@ def plot_histogram(x: Tensor, ax: Axes | None = None, bins: int = 50, normal: bo
     ax.set_xlabel("pixel value")
     ax.set_ylabel("density")
     return ax
+
+
+def frame_slider(frames: Sequence[Figure], labels: Sequence[str], *, name: str = "frame") -> object:
+    """A slider over pre-rendered figures that works without a kernel (the book's static pages).
+
+    Each matplotlib figure in ``frames`` is rendered to a PNG once and closed; the result is an
+    ``IPython.display.HTML`` whose range input shows one frame at a time, with ``labels[k]``
+    beside it ("t = 100"). The page needs no Python: the input's own handler swaps the images, so
+    the control also works on the rendered site (the browser check moves it). In a live notebook
+    the same output works too; chapters may add an ipywidgets version for free exploration.
+    """
+    from IPython.display import HTML
+
+    if len(frames) == 0 or len(frames) != len(labels):
+        raise ValueError(
+            f"need one label per frame, got {len(frames)} frames, {len(labels)} labels"
+        )
+    images = []
+    for k, fig in enumerate(frames):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+        plt.close(fig)
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        hidden = "" if k == 0 else ' style="display:none"'
+        images.append(
+            f'<img class="ddpm-frame" alt="{html.escape(labels[k])}"{hidden} '
+            f'src="data:image/png;base64,{data}">'
+        )
+    handler = (
+        "const r=this.closest('.ddpm-frame-slider');"
+        "r.querySelectorAll('img.ddpm-frame').forEach("
+        "(im,k)=>{im.style.display=(k==this.value)?'':'none';});"
+        "r.querySelector('output').textContent=JSON.parse(r.dataset.labels)[this.value];"
+    )
+    return HTML(
+        f'<div class="ddpm-frame-slider" data-labels="{html.escape(json.dumps(list(labels)))}">'
+        f'<label>{html.escape(name)}: <input type="range" min="0" max="{len(frames) - 1}" '
+        f'value="0" step="1" oninput="{html.escape(handler)}"> '
+        f"<output>{html.escape(labels[0])}</output></label>"
+        f'<div class="ddpm-frames">{"".join(images)}</div></div>'
+    )

@@ -10,7 +10,13 @@ import statistics
 import pytest
 import torch
 
-from ddpm_lib.checks import moment_z_scores
+from ddpm_lib.checks import (
+    ks_critical_value,
+    ks_one_sample,
+    ks_two_sample,
+    moment_z_scores,
+    z_tolerance,
+)
 from helpers import mc_tolerance
 
 SAMPLES = [0.5, 1.5, -0.25, 2.0, 1.0, 0.75]
@@ -73,3 +79,48 @@ def test_fewer_than_two_samples_are_rejected():
 def test_a_claimed_variance_that_is_not_positive_is_rejected(variance):
     with pytest.raises(ValueError, match="must be positive"):
         moment_z_scores(torch.tensor([1.0, 2.0, 3.0]), 0.0, variance)
+
+
+def test_z_tolerance_gives_each_of_m_comparisons_the_share_alpha_over_m():
+    """Bonferroni: P(|z| > z_tol) = alpha/m for a standard normal z, so the family's is <= alpha."""
+    for m in (1, 8, 160):
+        z_tol = z_tolerance(m, family_alpha=1e-3)
+        two_sided = math.erfc(z_tol / math.sqrt(2))  # P(|z| > z_tol), computed independently
+        assert two_sided == pytest.approx(1e-3 / m, rel=1e-9)
+
+
+def test_z_tolerance_rejects_an_empty_family_and_a_level_outside_0_1():
+    with pytest.raises(ValueError, match="at least one"):
+        z_tolerance(0)
+    with pytest.raises(ValueError, match="family_alpha"):
+        z_tolerance(3, family_alpha=1.5)
+
+
+def test_ks_two_sample_is_the_largest_gap_between_the_empirical_cdfs():
+    # a's CDF jumps at 0, 1, 2; b's at 1.5, 2.5, 3.5: after x = 1, F_a = 2/3 and F_b = 0.
+    a, b = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.5, 2.5, 3.5])
+    assert ks_two_sample(a, b) == pytest.approx(2 / 3, abs=1e-15)
+    assert ks_two_sample(a, a) == 0.0
+
+
+def test_ks_one_sample_takes_the_gap_on_both_sides_of_each_step():
+    # One point at the mean: F jumps from 0 to 1 where Φ = 1/2, so the distance is 1/2.
+    assert ks_one_sample(torch.tensor([0.0]), 0.0, 1.0) == pytest.approx(0.5, abs=1e-15)
+    # Two points at ±1: the gap just below +1 is Φ(1) - 1/2.
+    phi_1 = 0.5 * math.erfc(-1 / math.sqrt(2))
+    assert ks_one_sample(torch.tensor([-1.0, 1.0]), 0.0, 1.0) == pytest.approx(phi_1 - 0.5)
+
+
+def test_ks_one_sample_of_normal_draws_rarely_exceeds_the_critical_value():
+    """Under the null, P(D_n > c(α)/√n) ≈ α; at α = 0.5 a large sample should not pass c(0.001)."""
+    gen = torch.Generator().manual_seed(0)
+    x = 0.3 + 2.0 * torch.randn(20_000, generator=gen, dtype=torch.float64)
+    assert ks_one_sample(x, 0.3, 2.0) < ks_critical_value(1e-3, x.numel())
+    # The wrong std is caught: the CDFs differ by about 0.07 at the quartiles.
+    assert ks_one_sample(x, 0.3, 2.4) > ks_critical_value(1e-3, x.numel())
+
+
+def test_ks_critical_value_is_c_alpha_over_root_n_and_the_two_sample_form():
+    c = math.sqrt(-math.log(1e-3 / 2) / 2)  # 1.9495
+    assert ks_critical_value(1e-3, 100) == pytest.approx(c / 10)
+    assert ks_critical_value(1e-3, 100, 100) == pytest.approx(c * math.sqrt(2 / 100))

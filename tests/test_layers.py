@@ -37,6 +37,7 @@ ORDER = [
     "accel",
     "training",
     "evaluation",
+    "exercises",  # the chapters' coding exercises and their checks
     "cli",
     "__main__",
 ]

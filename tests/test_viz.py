@@ -172,3 +172,27 @@ def test_plot_histogram_uses_requested_bins_on_given_axes():
     out = viz.plot_histogram(torch.randn(1, 1, 16, 16), ax=ax, bins=20)
     assert out is ax
     assert len(ax.patches) == 20
+
+
+def test_frame_slider_holds_one_png_per_frame_and_shows_only_the_first():
+    from ddpm_lib.viz import frame_slider
+
+    figs = []
+    for k in range(3):
+        fig, ax = plt.subplots(figsize=(1, 1))
+        ax.plot([0, k])
+        figs.append(fig)
+    html = frame_slider(figs, ["t = 1", "t = 2", "t = 3"], name="step").data
+    assert html.count('<img class="ddpm-frame"') == 3
+    assert html.count('style="display:none"') == 2  # frames 2 and 3 wait for the slider
+    assert 'type="range" min="0" max="2"' in html and "<output>t = 1</output>" in html
+    assert not plt.get_fignums()  # every figure was rendered once and closed
+
+
+def test_frame_slider_needs_one_label_per_frame():
+    from ddpm_lib.viz import frame_slider
+
+    fig, _ = plt.subplots()
+    with pytest.raises(ValueError, match="one label per frame"):
+        frame_slider([fig], ["a", "b"])
+    plt.close(fig)
