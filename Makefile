@@ -4,7 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SRC := ddpm_lib tests
+SRC := ddpm_lib tests tools
+# The notebooks the book shows are linted and formatted like the library, at line length 79 (the
+# code column at 1280 px; notebooks/ruff.toml and book/ruff.toml).
+NOTEBOOK_SRC := notebooks book/errata.ipynb
 
 # Chapter notebooks, and the executed book pages (book/errata.ipynb), run by nbval in quick mode
 # (DDPM_QUICK=1).
@@ -14,7 +17,7 @@ NOTEBOOKS := $(wildcard notebooks/*.ipynb) $(wildcard book/*.ipynb)
 # Playwright's own browser download is never used: it needs internet access.
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: venv test lint format book book-check chromium clean distclean equation-index
+.PHONY: venv test lint format book book-check measure chromium clean distclean equation-index
 
 venv: $(STAMP)
 
@@ -25,10 +28,10 @@ $(STAMP): pyproject.toml constraints/ci.txt
 	$(BIN)/pip install -c constraints/ci.txt -e ".[test,book]"
 	touch $@
 
-# The order: lint -> unit tests -> notebooks (nbval) -> book (-W) -> browser check of the site.
+# The order: lint (library and notebooks) -> unit tests -> notebooks (nbval) -> book (-W) ->
+# browser check of the site.
 test: venv
-	$(BIN)/ruff check $(SRC)
-	$(BIN)/ruff format --check $(SRC)
+	$(MAKE) lint
 	DDPM_QUICK=1 $(BIN)/pytest -q --ignore=tests/test_book_site.py
 ifneq ($(strip $(NOTEBOOKS)),)
 	DDPM_QUICK=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env $(NOTEBOOKS)
@@ -42,12 +45,12 @@ equation-index: venv
 	$(BIN)/python tools/equation_index.py
 
 lint: venv
-	$(BIN)/ruff check $(SRC)
-	$(BIN)/ruff format --check $(SRC)
+	$(BIN)/ruff check $(SRC) $(NOTEBOOK_SRC)
+	$(BIN)/ruff format --check $(SRC) $(NOTEBOOK_SRC)
 
 format: venv
-	$(BIN)/ruff check --fix $(SRC)
-	$(BIN)/ruff format $(SRC)
+	$(BIN)/ruff check --fix $(SRC) $(NOTEBOOK_SRC)
+	$(BIN)/ruff format $(SRC) $(NOTEBOOK_SRC)
 
 # -W: warnings are errors; -n: nitpicky (every reference must resolve); --keep-going: report all
 # warnings before failing; --all: re-read every page, so a rebuild cannot skip an old warning.
@@ -58,10 +61,18 @@ book: venv
 	$(BIN)/jupyter-book build . -W -n --keep-going --all
 
 # Open every page of the built site in headless Chromium: maths rendered, images loaded, internal
-# links and anchors resolve, Colab buttons, sidebar; screenshots go to _build/screenshots/.
-# BOOK_SITE_REQUIRED turns the test's skips (no site, no browser) into failures.
+# links and anchors resolve, Colab buttons, sidebar; the page fits (at 1280 px no display
+# equation, code or output block wider than its box; at 375 px nothing cut off without a scroll
+# bar), output figures legible, no progress bars, static sliders that move; screenshots at both
+# widths go to _build/screenshots/. BOOK_SITE_REQUIRED turns the test's skips (no site, no
+# browser) into failures; BOOK_SITE=DIR checks another build. `make measure` prints the figures.
 book-check: venv chromium
 	BOOK_SITE_REQUIRED=1 CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q tests/test_book_site.py
+
+# How well the built site fits, per chapter (clipped blocks at 1280 px, cut off at 375 px, visible
+# code lines, page height): tools/measure_pages.py, the browser check's measuring code.
+measure: venv chromium
+	CHROMIUM=$(CHROMIUM) $(BIN)/python tools/measure_pages.py _build/html --out _build/measure.json
 
 # Install Debian's Chromium when it is missing (CI runs as root on a fresh Debian machine).
 chromium:

@@ -11,20 +11,25 @@ offline) and checked for:
 - links: every internal link resolves to an existing file, and its #anchor to an existing id;
 - the sidebar lists every chapter;
 - chapter pages: a Colab launch link whose path ends with that chapter's notebooks/NN_name.ipynb;
-- no uncaught JavaScript errors.
+- no uncaught JavaScript errors;
+- the page fits (tools/measure_pages.py measures, with the same code): at 1280 px no display
+  equation (number included), code block or printed output is wider than its box; at 375 px (a
+  phone) nothing is cut off without a scroll bar; no output figure is shown at less than 60% of
+  its natural width; no progress bars in the outputs; every static frame slider
+  (ddpm_lib.viz.frame_slider) changes its picture and its label when moved.
 
-A screenshot of each page goes to _build/screenshots/. The tests skip, with the reason, when the
-site has not been built or no browser is available; BOOK_SITE_REQUIRED=1 (set by `make test`)
-turns those skips into failures.
+A screenshot of each page at 1280 px and at 375 px goes to _build/screenshots/. The tests skip,
+with the reason, when the site has not been built or no browser is available;
+BOOK_SITE_REQUIRED=1 (set by `make test`) turns those skips into failures. BOOK_SITE=DIR checks
+another built site (e.g. an older build kept for comparison) instead of _build/html.
 """
 
 from __future__ import annotations
 
 import functools
-import http.server
+import importlib.util
 import os
 import re
-import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -34,20 +39,24 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = ROOT / "_build" / "html"
+SITE = Path(os.environ.get("BOOK_SITE") or ROOT / "_build" / "html").resolve()
 SHOTS = ROOT / "_build" / "screenshots"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 REQUIRED = os.environ.get("BOOK_SITE_REQUIRED", "") == "1"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+
+
+def _load_measure():
+    """tools/measure_pages.py: the measuring code (JavaScript) that this check shares."""
+    spec = importlib.util.spec_from_file_location(
+        "measure_pages", ROOT / "tools" / "measure_pages.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+measure = _load_measure()
+CHROMIUM = measure.CHROMIUM
+CHROMIUM_ARGS = measure.CHROMIUM_ARGS
 # External images a page may show although they cannot load offline: none (the chapters' Colab
 # badge is served from the site, tools/site_fixes.py).
 EXTERNAL_IMAGE_ALLOWLIST: tuple[str, ...] = ()
@@ -106,7 +115,7 @@ def test_every_chapter_notebook_is_in_the_toc():
 
 # ----------------------------------------------------------------- the site and the browser
 def site_pages() -> list[str]:
-    """Every HTML page of the built site, relative to _build/html."""
+    """Every HTML page of the built site, relative to SITE (_build/html)."""
     skip_dirs = {"_static", "_sources", "_images"}
     return sorted(
         p.relative_to(SITE).as_posix()
@@ -115,26 +124,16 @@ def site_pages() -> list[str]:
     )
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     if not (SITE / "index.html").is_file():
-        skip_or_fail(f"{SITE.relative_to(ROOT)} does not exist: build the book with `make book`")
-    handler = functools.partial(_Quiet, directory=str(SITE))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+        skip_or_fail(f"{SITE}/index.html does not exist: build the book with `make book`")
+    with measure.serve(SITE) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def browser(server):
+def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -174,19 +173,7 @@ def resolve_local(url_path: str) -> Path | None:
 
 
 # Runs in the page: wait for MathJax (if the page loads it) and for every image to settle.
-SETTLE_JS = """
-async () => {
-  for (const img of document.images) { img.loading = "eager"; }
-  await Promise.all([...document.images].map(img => img.complete ? null :
-      new Promise(r => { img.addEventListener("load", r); img.addEventListener("error", r); })));
-  const mathNodes = document.querySelectorAll(".math");
-  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
-    await MathJax.startup.promise;
-    if (MathJax.typesetPromise) { await MathJax.typesetPromise(); }
-  }
-  return {mathjax: !!(window.MathJax && MathJax.version), mathNodes: mathNodes.length};
-}
-"""
+SETTLE_JS = measure.SETTLE_JS
 
 INSPECT_JS = """
 () => {
@@ -234,15 +221,29 @@ def test_site_has_every_toc_page(server):
     assert not missing, f"pages in _toc.yml but not in the built site: {missing}"
 
 
-def test_page(page, server, browser):
+# Each page is opened once (1280 px, then 375 px) and what was seen is kept for the tests below.
+_VISITS: dict[str, dict] = {}
+
+
+def visit(page: str, server: str, browser) -> dict | None:
+    """Open a page (once per session), inspect it at 1280 px, measure it at 1280 and 375 px.
+
+    Returns None for a redirect page (index.html), after checking where it points.
+    """
     if page == "(site not built)":
         skip_or_fail("the book has not been built: run `make book`")
     redirect = REDIRECT_RE.search((SITE / page).read_text(errors="replace"))
     if redirect:  # e.g. index.html -> book/intro.html: check where it points, nothing else
         target = (SITE / page).parent / redirect.group(1)
         assert target.is_file(), f"{page} redirects to a missing page: {redirect.group(1)}"
-        return
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+        return None
+    if page not in _VISITS:
+        _VISITS[page] = _open(page, server, browser)
+    return _VISITS[page]
+
+
+def _open(page: str, server: str, browser) -> dict:
+    context = browser.new_context(viewport=measure.WIDE)
     # The site must work offline: every request that leaves localhost is refused.
     blocked: list[str] = []
 
@@ -257,15 +258,37 @@ def test_page(page, server, browser):
     browser_page = context.new_page()
     js_errors: list[str] = []
     browser_page.on("pageerror", lambda e: js_errors.append(str(e)))
+    shot = SHOTS / page_id(page).replace("/", "__")
     try:
         browser_page.goto(f"{server}/{page}", wait_until="load", timeout=60_000)
         settled = browser_page.evaluate(SETTLE_JS)
         info = browser_page.evaluate(INSPECT_JS)
         SHOTS.mkdir(parents=True, exist_ok=True)
-        browser_page.screenshot(path=str(SHOTS / f"{page_id(page).replace('/', '__')}.png"))
+        browser_page.screenshot(path=f"{shot}.png")
+        fit = measure.measure_page(browser_page)  # ends at 375 px, folded content opened
+        browser_page.evaluate("() => window.scrollTo(0, 0)")
+        browser_page.screenshot(path=f"{shot}__375.png")
     finally:
         context.close()
+    return {
+        "settled": settled,
+        "info": info,
+        "fit": fit,
+        "js_errors": js_errors,
+        "blocked": blocked,
+    }
 
+
+def test_page(page, server, browser):
+    seen = visit(page, server, browser)
+    if seen is None:
+        return
+    settled, info, js_errors, blocked = (
+        seen["settled"],
+        seen["info"],
+        seen["js_errors"],
+        seen["blocked"],
+    )
     problems: list[str] = []
     # Maths.
     if settled["mathNodes"] and not settled["mathjax"]:
@@ -336,3 +359,113 @@ def test_page(page, server, browser):
     assert not problems, f"{page}:\n  " + "\n  ".join(problems)
     if settled["mathNodes"]:
         assert info["containers"] >= settled["mathNodes"], "MathJax rendered fewer formulas"
+
+
+# ----------------------------------------------------------------- the page fits
+def test_page_fits_at_1280_and_375_px(page, server, browser):
+    """At 1280 px every display equation (with its number), code block and printed output fits
+    its box; at 375 px whatever is wider than its box can be scrolled (nothing is cut off)."""
+    seen = visit(page, server, browser)
+    if seen is None:
+        return
+    wide, phone = seen["fit"]["wide"], seen["fit"]["phone"]
+    problems = [measure.describe(b, 1280) for b in wide["clipped"]]
+    problems += [measure.describe(b, 375) + " (cut off, no scroll bar)" for b in phone["cutoff"]]
+    problems += [measure.describe(b, 1280) + " (cut off, no scroll bar)" for b in wide["cutoff"]]
+    assert not problems, f"{page}: {len(problems)} blocks do not fit:\n  " + "\n  ".join(problems)
+
+
+def test_output_images_are_legible(page, server, browser):
+    """No output figure shrinks below IMAGE_MIN_RATIO (60%) of its natural width at 1280 px: a
+    figure made for the column (<= ~7 in at dpi 100) shows at >= 90%; a row of 16 tiny images
+    (the old 12-16 in grids) at 40-55%, too small to see what the prose points at."""
+    seen = visit(page, server, browser)
+    if seen is None:
+        return
+    small = [i for i in seen["fit"]["wide"]["images"] if measure.image_too_small(i)]
+    assert not small, f"{page}: output images shown too small at 1280 px:\n  " + "\n  ".join(
+        f"image {i['alt'] or i['src']}: shown {i['shown']} px of its natural {i['natural']} px "
+        f"({i['shown'] / i['natural']:.0%} < {measure.IMAGE_MIN_RATIO:.0%}); make the figure "
+        "narrower (<= 7 in at dpi 100) or the grid <= 8 per row"
+        for i in small
+    )
+
+
+def test_no_progress_bars_in_outputs(page, server, browser):
+    """Rendered cell outputs carry no progress bars (tqdm's text or widget bars): pass
+    progress=False to the library's loops."""
+    seen = visit(page, server, browser)
+    if seen is None:
+        return
+    bars = seen["fit"]["wide"]["progress"]
+    assert not bars, f"{page}: {len(bars)} outputs show progress bars:\n  " + "\n  ".join(
+        f"{b['bars']} widget bars; text {b['text']!r}" for b in bars
+    )
+
+
+def test_static_frame_sliders_move(page, server, browser):
+    """Every ddpm_lib.viz.frame_slider on the page works without a kernel: moving its range
+    input (an 'input' event) shows another picture and another label."""
+    seen = visit(page, server, browser)
+    if seen is None:
+        return
+    problems = measure.slider_problems(seen["fit"]["sliders"])
+    assert not problems, f"{page}:\n  " + "\n  ".join(problems)
+
+
+# ----------------------------------------------------------------- the measure, on known cases
+SYNTHETIC = """
+<html><body style="margin:0; font: 16px monospace">
+<article class="bd-article" style="max-width:600px">
+<div class="highlight"><pre id="fits" style="overflow:auto">short line</pre></div>
+<div class="highlight"><pre id="long" style="overflow:auto">{long}</pre></div>
+<div class="cell_output"><div class="output"><pre id="cut" style="overflow:hidden">{long}</pre>
+</div></div>
+<p id="wide" style="white-space:nowrap">{long}</p>
+{slider}
+{dead}
+</article></body></html>
+"""
+
+
+def test_the_measure_finds_clipped_blocks_and_dead_sliders(browser):
+    """The measuring code on a page whose answers are known: a code line longer than its block,
+    an output cut off by overflow: hidden, a paragraph sticking out of the article; a working
+    frame slider and a dead one (its handler removed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ddpm_lib.viz import frame_slider
+
+    def frames() -> list:
+        figs = []
+        for k in range(3):
+            fig, ax = plt.subplots(figsize=(2, 1), dpi=50)
+            ax.plot([0, 1], [0, k])
+            figs.append(fig)
+        return figs
+
+    labels = ["t = 1", "t = 500", "t = 1000"]
+    slider = frame_slider(frames(), labels, name="t").data
+    dead = re.sub(r'oninput="[^"]*"', "", frame_slider(frames(), labels, name="t").data)
+    html = SYNTHETIC.format(long="x = 1  # " + "long " * 40, slider=slider, dead=dead)
+    page = browser.new_page(viewport=measure.WIDE)
+    try:
+        page.set_content(html)
+        result = measure.measure_page(page)
+    finally:
+        page.close()
+    wide, phone = result["wide"], result["phone"]
+    clipped = {(b["kind"], b["text"][:10]) for b in wide["clipped"]}
+    assert clipped == {("code", "x = 1 # lo"), ("output", "x = 1 # lo")}, wide["clipped"]
+    assert wide["counts"]["code"] == 2 and wide["counts"]["output"] == 1
+    # Cut off without a scroll bar: the hidden-overflow output and the paragraph, not the code.
+    cut = sorted(b["kind"] for b in phone["cutoff"])
+    assert cut == ["other", "output"], phone["cutoff"]
+    problems = measure.slider_problems(result["sliders"])
+    assert len(result["sliders"]) == 2
+    assert not [p for p in problems if p.startswith("frame slider 1")], problems
+    assert any("did not change the picture" in p for p in problems), problems
+    assert any("did not change its label" in p for p in problems), problems
