@@ -3,9 +3,10 @@
 Each chapter's exercises live in ``ddpm_lib/exercises/chNN.py`` as a list ``EXERCISES`` of
 :class:`Exercise`. A chapter's check cell calls ``check("ch01.snr", snr)``: the exercise's test
 compares the reader's function with the library (or with the maths) and :func:`check` prints one
-sentence, a pass or what is wrong. Every exercise also carries a plausible wrong answer
-(``mistake``); ``tests/test_exercises.py`` runs each test with the solution written in the
-chapter and with that mistake, and fails unless the first passes and the second does not.
+sentence, a pass or what is wrong (:func:`verdict` returns it with the pass/fail flag). Every
+exercise also carries a plausible wrong answer (``mistake``); ``tests/test_exercises.py`` runs
+each test with the solution written in the chapter and with that mistake, and fails unless the
+first passes and the second does not.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Exercise", "all_exercises", "check", "get"]
+__all__ = ["Exercise", "all_exercises", "check", "get", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -59,18 +60,23 @@ def all_exercises() -> list[Exercise]:
     return found
 
 
-def check(name: str, fn: Callable) -> bool:
-    """Run exercise ``name``'s test on the reader's ``fn``, print the verdict, return it."""
+def verdict(name: str, fn: Callable) -> tuple[bool, str]:
+    """Run exercise ``name``'s test on the reader's ``fn``: (passed, the sentence to show)."""
     exercise = get(name)
     try:
         problem = exercise.test(fn)
     except NotImplementedError:
-        print(f"Not done yet: write `{exercise.function}` above and run this cell again.")
-        return False
+        return False, f"Not done yet: write `{exercise.function}` above and run this cell again."
     except Exception as e:  # the reader's code may fail in any way; say how, do not crash
         problem = f"`{exercise.function}` raised {type(e).__name__}: {e}"
     if problem is None:
-        print(f"Correct: `{exercise.function}` agrees with the library.")
-        return True
-    print(f"Not yet: {problem}")
-    return False
+        return True, f"Correct: `{exercise.function}` agrees with the library."
+    return False, f"Not yet: {problem}"
+
+
+def check(name: str, fn: Callable) -> None:
+    """Print the verdict of exercise ``name`` on the reader's ``fn`` (the chapters' check cells).
+
+    Returns None, so a check cell shows the sentence and nothing else.
+    """
+    print(verdict(name, fn)[1])
