@@ -17,8 +17,10 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
     ``t`` has shape [B] and may be integer or fractional (continuous-time samplers pass
     fractional steps). Returns a float32 tensor [B, dim]: the first half holds
-    ``sin(t * w_i)``, the second half ``cos(t * w_i)``, with frequencies ``w_i`` running
-    geometrically from 1 down to ``1 / max_period``. An odd ``dim`` gets a final zero column.
+    ``sin(t * w_j)``, the second half ``cos(t * w_j)``, with frequencies
+    ``w_j = max_period ** (-j / (dim // 2 - 1))`` running geometrically from 1 down to
+    ``1 / max_period``. An odd ``dim`` gets a final zero column. Networks receive the code index
+    ``t = i`` (book step i + 1); Chapter 4 ("The network") plots the code.
     """
     if t.ndim != 1:
         raise ValueError(

@@ -101,9 +101,13 @@ UNET_PRESETS: dict[str, UNetConfig] = {
 
 
 class ResBlock(nn.Module):
-    """Residual block with the time embedding added as a per-channel bias.
+    """Residual block with the time embedding added as a per-channel bias (Chapter 4).
 
-    x [B, in_ch, H, W], temb [B, temb_dim] -> [B, out_ch, H, W].
+    x [B, in_ch, H, W], temb [B, temb_dim] -> [B, out_ch, H, W]. The branch is GroupNorm → SiLU →
+    3×3 conv, plus a linear map of the time code (one number per channel, the same at every
+    pixel), then GroupNorm → SiLU → dropout → 3×3 conv; the result is added to the input (through
+    a 1×1 conv when the channel count changes). ``conv2`` starts at zero (``UNet._init_weights``),
+    so the block starts as the identity.
     """
 
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int):
@@ -146,6 +150,14 @@ class UNet(nn.Module):
 
     ``forward(x [B, in_channels, S, S], t [B]) -> [B, out_channels, S, S]`` with
     ``S = config.image_size``. ``t`` may be int64 or float, or a 0-d tensor shared by the batch.
+
+    Layout (Chapter 4 draws it from these modules): ``temb`` lifts the sinusoidal code of ``t``
+    (:func:`~ddpm_lib.nets.common.timestep_embedding`, ``ch`` numbers) to ``4 * ch``;
+    ``conv_in``; ``down`` (per level: ``num_res_blocks`` ResBlocks, attention where the level's
+    resolution is in ``attn_resolutions``, then a stride-2 conv except at the last level);
+    ``mid_res1``, ``mid_attn``, ``mid_res2``; ``up`` (per level: ``num_res_blocks + 1``
+    ResBlocks, each reading one skip tensor saved on the way down, last saved first used, then a
+    nearest-neighbour upsampling and conv except at the top level); ``norm_out``, ``conv_out``.
     """
 
     def __init__(self, config: UNetConfig):
