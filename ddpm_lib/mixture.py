@@ -1,8 +1,9 @@
-"""A Gaussian mixture with exact densities and scores: the book's 2-D toy data (Chapters 4-7).
+"""A Gaussian mixture with exact densities and scores: the book's 2-D toy data (Chapters 3-7).
 
 Every density here is known in closed form, also after the forward process: x_t of a mixture is
 again a mixture (:meth:`GaussianMixture2D.noised`), whose exact score is what an ideal ε-model
-predicts (:class:`ddpm_lib.oracles.MixtureOracle`).
+predicts (:class:`ddpm_lib.oracles.MixtureOracle`), and so is the exact reverse kernel
+q(x_s | x_t) (:meth:`GaussianMixture2D.reverse_kernel`, Chapter 3's 1-D example).
 """
 
 from __future__ import annotations
@@ -85,6 +86,48 @@ class GaussianMixture2D:
             raise ValueError(f"alpha_bar must be in [0, 1], got {alpha_bar}")
         std = math.sqrt(alpha_bar * self.std**2 + 1.0 - alpha_bar)
         return GaussianMixture2D(math.sqrt(alpha_bar) * self.means, std, self.weights)
+
+    def reverse_kernel(
+        self, x_t: Tensor, alpha_bar_s: float, alpha_bar_t: float
+    ) -> GaussianMixture2D:
+        """The exact reverse kernel q(x_s | x_t) for data from this mixture, s < t (Chapter 3).
+
+        ``x_t`` is one point, [d]; ``alpha_bar_s`` > ``alpha_bar_t`` are ᾱ at the two steps
+        (ᾱ_s = 1 gives q(x_0 | x_t); s = t - 1 is one reverse step). With a = ᾱ_t/ᾱ_s and
+        r_u² = ᾱ_u std² + 1 - ᾱ_u the variance of a component after u steps, component k makes
+        (x_s, x_t) jointly Gaussian, so conditioning it (eq-ch3-conditioning) and reweighting the
+        components by how well they explain x_t gives (eq-ch3-mixture-kernel)
+
+            q(x_s | x_t) = sum_k π_k(x_t) N(x_s; m_k, r² I),   π_k ∝ w_k N(x_t; √ᾱ_t μ_k, r_t² I),
+            m_k = √ᾱ_s μ_k + √a r_s²/r_t² (x_t - √ᾱ_t μ_k),   r² = r_s² (1 - a)/r_t².
+
+        This is Bayes' rule q(x_s | x_t) ∝ q(x_t | x_s) q_s(x_s) (eq-ch3-reverse-bayes) in closed
+        form, and equally the posterior q(x_s | x_t, x_0) averaged over q(x_0 | x_t)
+        (eq-ch3-reverse-average). All components share r², so the kernel is again a
+        :class:`GaussianMixture2D`; its ``mean()`` and ``covariance()`` are the moments of the
+        moment-matched Gaussian. For one component (Gaussian data) the second-order expansion
+        of log q_s around x_t/√a (eq-ch3-taylor) is exact and so is the Gaussian it gives; for
+        one small step of any mixture the moments are close to
+        ((x_t + β_t ∇log q_t(x_t))/√α_t, β_t I) (eq-ch3-small-step) and the kernel is close to
+        that Gaussian; for a long jump it can have several modes.
+        """
+        if not 0.0 <= alpha_bar_t < alpha_bar_s <= 1.0:
+            raise ValueError(
+                f"need 0 <= alpha_bar_t < alpha_bar_s <= 1, got {alpha_bar_t}, {alpha_bar_s}"
+            )
+        x_t = torch.as_tensor(x_t, dtype=self.means.dtype)
+        if x_t.shape != (self.dim,):
+            raise ValueError(f"x_t must be one point of shape [{self.dim}], got {tuple(x_t.shape)}")
+        a = alpha_bar_t / alpha_bar_s
+        var_s = alpha_bar_s * self.std**2 + 1.0 - alpha_bar_s  # r_s², one component at step s
+        var_t = alpha_bar_t * self.std**2 + 1.0 - alpha_bar_t  # r_t² = a r_s² + 1 - a
+        resp = torch.softmax(self.noised(alpha_bar_t)._log_joint(x_t[None])[0], dim=0)  # [K]
+        gain = math.sqrt(a) * var_s / var_t  # Cov[x_s, x_t] / Var[x_t] within a component
+        means = math.sqrt(alpha_bar_s) * self.means + gain * (
+            x_t[None] - math.sqrt(alpha_bar_t) * self.means
+        )
+        std = math.sqrt(var_s * (1.0 - a) / var_t)
+        return GaussianMixture2D(means, std, resp)
 
 
 def default_gmm(dtype: torch.dtype = torch.float32) -> GaussianMixture2D:
