@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from .mixture import GaussianMixture2D
 from .samplers import Callback, SamplerStep
 from .schedules import check_betas
 from .utils import is_checked, mark_checked
@@ -438,3 +439,43 @@ def ode_log_likelihood(
         integral = integral + 0.5 * h * (div0 + div1).double()
     prior = (prior_logp or sde.prior_logp)(y).double()
     return OdeLikelihood(prior + integral, prior, y)
+
+
+# ----------------------------------------------------------------------- exact mixture score
+
+
+def mixture_marginal(sde: SDE, mixture: GaussianMixture2D, t: float) -> GaussianMixture2D:
+    """q_t, the exact law of x(t) when x(0) ~ ``mixture`` (eq-ch6-marginals). Chapter 6.
+
+    x(t) = c(t) x(0) + σ_t z with the SDE's mean coefficient c(t) and marginal std σ_t
+    (:meth:`SDE.marginal_prob`), so component k becomes N(c μ_k, (c² s² + σ_t²) I): again an
+    isotropic mixture with the same weights (for the VP-SDE, ``mixture.noised(ᾱ(t))``). Its
+    ``log_prob`` and ``score`` take x [n, d].
+    """
+    tt = torch.tensor([float(t)], dtype=torch.float64)
+    c, std = (u.item() for u in sde.marginal_prob(torch.ones(1, dtype=torch.float64), tt))
+    return GaussianMixture2D(
+        c * mixture.means, math.sqrt(c**2 * mixture.std**2 + std**2), mixture.weights
+    )
+
+
+def mixture_score_fn(sde: SDE, mixture: GaussianMixture2D) -> ScoreFn:
+    """score(x, t) = ∇_x log q_t(x), the exact score of the noised mixture (eq-ch6-reverse-sde).
+
+    Chapter 6: with it the reverse SDE and the probability-flow ODE (eq-ch6-pf-ode) can be run
+    with no network error, and their samples compared with exact draws from q_t
+    (:func:`mixture_marginal`). ``x`` is [B, d], ``t`` [B] (the samplers pass one time for the
+    whole batch; mixed times are handled group by group). Returns [B, d] in x's dtype. A time
+    whose q_t has zero std cannot occur: the mixture's own std is positive.
+    """
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        out = torch.empty_like(x)
+        times = t.detach().double().cpu()
+        for value in torch.unique(times).tolist():
+            rows = (times == value).nonzero().flatten().to(x.device)
+            q_t = mixture_marginal(sde, mixture, value)
+            out[rows] = q_t.score(x[rows].to(mixture.means.dtype)).to(x.dtype)
+        return out
+
+    return score
