@@ -14,6 +14,7 @@ are in :mod:`ddpm_lib.gaussian`.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -144,3 +145,60 @@ def elbo_bpd(
         mse[:, i] = mean_flat((eps - noise) ** 2).double()
     prior = prior_bpd(diffusion, x0).double()
     return ElboTerms(terms.sum(dim=1) + prior, prior, terms, mse)
+
+
+def snr_form_kl(
+    x0: Tensor, x0_hat: Tensor, snr_prev: Tensor | float, snr_t: Tensor | float
+) -> Tensor:
+    """L_{t-1} = ½ (SNR(t-1) - SNR(t)) ‖x_0 - x̂_0‖² in nats per image, shape [B] (eq-ch5-snr-form).
+
+    Chapter 5: with the reverse variance σ_t² = β̃_t and the model's mean written as the
+    posterior mean with x̂_0 in place of x_0 (eq-ch4-mu-x0), the KL term of step t ≥ 2 is this
+    weighted squared error; it equals the Gaussian KL that :func:`vb_term_bpd` evaluates (times
+    d·ln 2), and with ‖ε - ε̂‖² = SNR(t) ‖x_0 - x̂_0‖² it gives the weight of eq-ch5-snr-lambda.
+    ``x0`` and ``x0_hat`` are [B, ...]; ``snr_prev`` = SNR(t-1) and ``snr_t`` = SNR(t) are
+    floats or [B] tensors (SNR(t) = ᾱ_t/(1-ᾱ_t), :meth:`GaussianDiffusion.snr`).
+    """
+    sq = (x0 - x0_hat).pow(2).flatten(1).sum(1)
+    gap = torch.as_tensor(snr_prev, dtype=sq.dtype, device=sq.device) - torch.as_tensor(
+        snr_t, dtype=sq.dtype, device=sq.device
+    )
+    return 0.5 * gap * sq
+
+
+def snr_mse_weights(alphas_cumprod: Tensor) -> Tensor:
+    """λ_t = ½ (SNR(t-1)/SNR(t) - 1), the ε-MSE weight of the bound for σ_t² = β̃_t: [T].
+
+    Chapter 5 (eq-ch5-snr-lambda): the SNR form of eq-ch5-lambda, equal to
+    β_t / (2 α_t (1 - ᾱ_{t-1})). ``alphas_cumprod`` [T] holds ᾱ_t at code index t-1; entry 0
+    (book step 1, whose term is the decoder L_0) is NaN, as in :func:`mse_weights`. Computed in
+    float64 from SNR(t-1)/SNR(t) = ᾱ_{t-1}(1-ᾱ_t) / (ᾱ_t (1-ᾱ_{t-1})).
+    """
+    ab = alphas_cumprod.double()
+    ratio = ab[:-1] * (1 - ab[1:]) / (ab[1:] * (1 - ab[:-1]))
+    lam = torch.full_like(ab, float("nan"))
+    lam[1:] = 0.5 * (ratio - 1)
+    return lam
+
+
+def gaussian_step_terms_sum(snr: Tensor, s2: float) -> Tensor:
+    """Σ_{t=2..T} L_{t-1} per dimension, in nats, for data x_0 ~ N(0, s2 I) and the exact x̂_0.
+
+    Chapter 5: eq-ch5-snr-form summed over the chain, with E‖x_0 - x̂_0‖²/d = s²/(1 + s² SNR(t))
+    (eq-ch5-gaussian-limit, left; :class:`ddpm_lib.oracles.GaussianOracle` is that x̂_0).
+    ``snr`` [T] holds SNR(1) > ... > SNR(T) of any schedule (float64 recommended); the result is
+    a 0-dim tensor. For a finer grid between the same ends the sum decreases towards the
+    continuous bound :func:`gaussian_continuous_bound` (eq-ch5-continuous, eq-ch5-snr-integral).
+    """
+    mmse = s2 / (1 + s2 * snr)
+    return (0.5 * (snr[:-1] - snr[1:]) * mmse[1:]).sum()
+
+
+def gaussian_continuous_bound(snr_max: float, snr_min: float, s2: float) -> float:
+    """L_∞/d = ½ log((1 + s² SNR_max)/(1 + s² SNR_min)) nats per dimension (eq-ch5-gaussian-limit).
+
+    Chapter 5: the T → ∞ limit of the step terms (eq-ch5-continuous), written as an integral
+    over the SNR (eq-ch5-snr-integral), ½ ∫ s²/(1 + s² ζ) dζ from SNR_min to SNR_max, for data
+    x_0 ~ N(0, s2 I) and the exact x̂_0. It depends on the schedule only through its two ends.
+    """
+    return 0.5 * math.log((1 + s2 * snr_max) / (1 + s2 * snr_min))

@@ -13,7 +13,16 @@ import pytest
 import torch
 
 from ddpm_lib.diffusion import GaussianDiffusion
-from ddpm_lib.elbo import elbo_bpd, mse_weights, prior_bpd, vb_term_bpd
+from ddpm_lib.elbo import (
+    elbo_bpd,
+    gaussian_continuous_bound,
+    gaussian_step_terms_sum,
+    mse_weights,
+    prior_bpd,
+    snr_form_kl,
+    snr_mse_weights,
+    vb_term_bpd,
+)
 from ddpm_lib.gaussian import LN2, discretized_gaussian_log_likelihood
 from ddpm_lib.learned_variance import LearnedRangeDiffusion
 from ddpm_lib.oracles import GaussianOracle, PointOracle
@@ -537,3 +546,110 @@ def test_l_simple_is_the_step_term_with_its_weight_dropped(variance):
     assert ((kl_nats - D * c[i] - lam[i] * D * simple).abs() <= tol).all()
     # The weights λ_t the simple loss drops span orders of magnitude over the steps.
     assert lam[1:].max() / lam[1:].min() > 10
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_the_step_term_is_half_the_snr_drop_times_the_x0_error(schedule):
+    """eq-ch5-snr-form: with σ_t² = β̃_t, L_{t-1} = ½ (SNR(t-1) - SNR(t)) ‖x_0 - x̂_0‖² (nats).
+
+    At every step t = 2..T, for random x_0, x_t ~ q(x_t | x_0) and an arbitrary x̂_0 (the model
+    is the ε-network whose x_0-guess is x̂_0), the Gaussian KL of vb_term_bpd (times D ln 2)
+    equals snr_form_kl, in float64, within the KL's rounding bound (kl_term_tolerance) plus a
+    few roundings of the SNR side, whose SNRs carry the tables' relative error.
+    """
+    d = GaussianDiffusion(SCHEDULES_1000[schedule])
+    i, x0, _, x_t = every_step_batch(d, seed=8)
+    g = torch.Generator().manual_seed(9)
+    x0_hat = torch.rand(x0.shape, dtype=F64, generator=g) * 2 - 1
+
+    def model(x, t):
+        return d.predict_eps_from_x0(x, t, x0_hat)
+
+    D = x0[0].numel()
+    kl_nats = vb_term_bpd(d, model, x0, x_t, i) * D * LN2
+    post = d.q_posterior_mean_variance(x0, x_t, i)
+    rev = d.p_mean_variance(model, x_t, i, clip_denoised=False)
+    snr = d.snr()
+    form = snr_form_kl(x0, rev.pred_x0, snr[i - 1], snr[i])
+    e = table_error(d, i)
+    sq = (x0 - rev.pred_x0).pow(2).flatten(1).sum(1)
+    snr_side = 0.5 * (snr[i - 1] + snr[i]) * sq * (8 * U + 4 * e)
+    tol = kl_term_tolerance(d, i, x0, x_t, post, rev) + snr_side
+    assert ((kl_nats - form).abs() <= tol).all()
+    # The model's x_0-guess is the x̂_0 it was built from (one round trip through ε).
+    torch.testing.assert_close(rev.pred_x0, x0_hat, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_the_snr_weight_is_the_chapters_lambda(schedule):
+    """eq-ch5-snr-lambda: ½ (SNR(t-1)/SNR(t) - 1) = eq-ch5-lambda with σ_t² = β̃_t.
+
+    Both sides are closed forms of the same tables in float64; the SNR ratio minus 1 loses at
+    most the digits of 1/(ratio - 1) ≤ 1/β_t, so a relative tolerance of 1e-10 is ample.
+    Entry 0 (book step 1, the decoder) is NaN in both.
+    """
+    d = GaussianDiffusion(SCHEDULES_1000[schedule])
+    lam = snr_mse_weights(d.alphas_cumprod)
+    lam_ref, _ = mse_weights(d, "fixed_small")
+    assert lam[0].isnan() and lam_ref[0].isnan()
+    torch.testing.assert_close(lam[1:], lam_ref[1:], rtol=1e-10, atol=0)
+    # Equivalently λ_t = β_t / (2 α_t (1 - ᾱ_{t-1})).
+    closed = d.betas / (2 * d.alphas * (1 - d.alphas_cumprod_prev))
+    torch.testing.assert_close(lam[1:], closed[1:], rtol=1e-10, atol=0)
+
+
+def test_the_snr_weight_at_the_ends_of_the_linear_schedule():
+    """eq-ch5-snr-lambda on DDPM's linear schedule (T = 1000): λ_2 = 0.600, λ_T = 0.0102.
+
+    At t = T, SNR(T-1)/SNR(T) - 1 = β_T/(α_T (1 - ᾱ_{T-1})) ≈ β_T = 0.02, so λ_T ≈ 0.0102; in
+    between λ_t dips to about 0.0050 (near t = 350) and climbs again with β_t.
+    """
+    lam = snr_mse_weights(GaussianDiffusion(linear_beta_schedule(1000)).alphas_cumprod)
+    assert lam[1].item() == pytest.approx(0.5997, abs=1e-4)
+    assert lam[-1].item() == pytest.approx(0.0102, abs=5e-5)
+    assert lam[1:].min().item() == pytest.approx(0.00498, abs=1e-5)
+    assert int(lam[1:].argmin()) + 2 == 350
+
+
+def _snr_path(name: str, n: int, snr_max: float, snr_min: float) -> torch.Tensor:
+    """SNR at n even times of two schedules with the same ends: log-linear in the SNR, and a
+    cosine-shaped path (log SNR = a + b cos(π u / 2), fast at the end)."""
+    u = torch.linspace(0, 1, n, dtype=F64)
+    hi, lo = math.log(snr_max), math.log(snr_min)
+    if name == "log-linear":
+        return torch.exp(hi + (lo - hi) * u)
+    return torch.exp(lo + (hi - lo) * torch.cos(math.pi * u / 2))
+
+
+@pytest.mark.parametrize("path", ["log-linear", "cosine-shaped"])
+def test_the_step_terms_of_gaussian_data_approach_the_continuous_bound_from_above(path):
+    """eq-ch5-continuous, eq-ch5-snr-integral, eq-ch5-gaussian-limit: for x_0 ~ N(0, s²) and the
+    exact x̂_0, Σ_{t≥2} ½ (SNR(t-1) - SNR(t)) s²/(1 + s² SNR(t)) is an upper Riemann sum of
+    ½ ∫ s²/(1 + s² v) dv (the error decreases in v), so for every grid
+
+        lower sum ≤ ½ log((1 + s² SNR_max)/(1 + s² SNR_min)) ≤ gaussian_step_terms_sum,
+
+    with the lower sum taking the error at the less noisy end, and the gap closes as T grows;
+    two schedules with the same ends have the same limit.
+    """
+    s2, snr_max, snr_min = 0.25, 9999.0, 4.04e-5
+    limit = gaussian_continuous_bound(snr_max, snr_min, s2)
+    assert limit == pytest.approx(0.5 * math.log(1 + s2 * snr_max), rel=1e-4)
+    gaps = []
+    for n in (10, 100, 1000, 10_000, 100_000):
+        snr = _snr_path(path, n, snr_max, snr_min)
+        upper = gaussian_step_terms_sum(snr, s2).item()
+        lower = (0.5 * (snr[:-1] - snr[1:]) * s2 / (1 + s2 * snr[:-1])).sum().item()
+        assert lower - 1e-12 <= limit <= upper + 1e-12
+        gaps.append(upper - limit)
+    assert all(b < a for a, b in zip(gaps, gaps[1:], strict=False))
+    assert gaps[-1] < 1e-2 * limit
+
+
+def test_the_continuous_bound_is_the_integral_over_the_snr():
+    """eq-ch5-snr-integral: ½ ∫_{SNR_min}^{SNR_max} s²/(1 + s² v) dv in closed form, against the
+    trapezoid rule on 200,001 log-spaced points (relative error of order 1e-9 here)."""
+    s2, snr_max, snr_min = 0.5, 1e4, 1e-4
+    v = torch.logspace(math.log10(snr_min), math.log10(snr_max), 200_001, dtype=F64)
+    numeric = torch.trapezoid(0.5 * s2 / (1 + s2 * v), v).item()
+    assert gaussian_continuous_bound(snr_max, snr_min, s2) == pytest.approx(numeric, rel=1e-7)
