@@ -40,18 +40,18 @@ CHAPTERS = [
     ),
     (
         4,
-        r"$\epsilon$-reparameterization",
+        r"$\varepsilon$-reparameterization",
         r"$\mu_\theta=\frac{1}{\sqrt{\alpha_t}}\left(x_t-\frac{\beta_t}{\sqrt{1-\bar\alpha_t}}"
-        r"\epsilon_\theta(x_t,t)\right)$",
+        r"\varepsilon_\theta(x_t,t)\right)$",
         "#fde8cf",
     ),
     (5, "ELBO", r"$-\log p_\theta(x_0)\leq L_T+\sum_{t\geq 2} L_{t-1}+L_0$", "#e3f1dc"),
-    (6, "SDE view", r"$dx=-\frac{1}{2}\beta(t)\,x\,dt+\sqrt{\beta(t)}\,dw$", "#e3f1dc"),
+    (6, "SDE view", r"$dx=-\frac{1}{2}\beta(t)\,x\,dt+\sqrt{\beta(t)}\,dW$", "#e3f1dc"),
     (
         7,
         "Sampling faster (DDIM)",
-        r"$x_{s}=\sqrt{\bar\alpha_{s}}\,\hat x_0+\sqrt{1-\bar\alpha_{s}}"
-        r"\,\hat\epsilon,\ \ s<t$",
+        r"$x_{t'}=\sqrt{\bar\alpha_{t'}}\,\hat x_0+\sqrt{1-\bar\alpha_{t'}}"
+        r"\,\hat\varepsilon,\ \ t'<t$",
         "#efe3f5",
     ),
 ]
