@@ -96,10 +96,10 @@ def test_committed_outputs_are_present_and_error_free(chapter):
     assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} shows no figure"
 
 
-def test_colab_badge_points_at_the_notebooks_own_path(chapter):
+def test_colab_badge_opens_the_chapters_colab_edition(chapter):
     name, nb = chapter
     header = source(nb["cells"][0])
-    assert f"({COLAB}/blob/main/notebooks/{name}.ipynb)" in header
+    assert f"({COLAB}/blob/main/colab/{name}.ipynb)" in header
 
 
 def test_colab_setup_cell_is_skipped_by_tests_and_book_and_keeps_torch(chapter):

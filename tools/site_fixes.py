@@ -10,6 +10,9 @@
 4. The chapters' "Open in Colab" badge image, which the notebooks load from Google, is served
    from the site (book/_static/colab-badge.svg), so pages have no external images and look
    the same offline. The badge's link to Colab is unchanged.
+5. The "Colab" launch button of a page that has a Colab/Jupyter edition (colab/<name>.ipynb,
+   written by tools/colab_edition.py) opens that edition instead of the MyST source, which
+   Colab would show with raw roles and open solutions.
 
 tests/test_book_site.py fails on JavaScript errors and on images that do not load, which is
 how these were found. Loaded through `sphinx: local_extensions` in _config.yml.
@@ -17,6 +20,7 @@ how these were found. Loaded through `sphinx: local_extensions` in _config.yml.
 
 from __future__ import annotations
 
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sphinx.application import Sphinx
@@ -24,6 +28,7 @@ from sphinx.application import Sphinx
 SHIM = "widgets-mathjax-shim.js"  # in book/_static, which _config.yml adds to html_static_path
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 LOCAL_BADGE = "_static/colab-badge.svg"
+COLAB_SITE = "https://colab.research.google.com/github/"
 
 
 def _key(script: Any) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -54,6 +59,20 @@ def local_badge(app: Sphinx, pagename: str, templatename: str, context: dict, do
         context["body"] = body.replace(COLAB_BADGE, context["pathto"](LOCAL_BADGE, 1))
 
 
+def colab_edition_launch(
+    app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any
+) -> None:
+    edition = Path(app.srcdir) / "colab" / f"{PurePosixPath(pagename).name}.ipynb"
+    if not edition.is_file():
+        return
+    source = f"/{pagename}.ipynb"
+    for group in context.get("header_buttons", []):
+        for button in group.get("buttons", []) if isinstance(group, dict) else []:
+            url = button.get("url", "") if isinstance(button, dict) else ""
+            if url.startswith(COLAB_SITE) and url.endswith(source):
+                button["url"] = url.removesuffix(source) + f"/colab/{edition.name}"
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     # Priority 600: after the MathJax configuration script (500), which it amends; it is not
     # deferred, so it still runs before MathJax itself (deferred) starts.
@@ -63,4 +82,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     # value, so a late handler might never run.
     app.connect("html-page-context", dedupe, priority=100)
     app.connect("html-page-context", local_badge, priority=100)
+    # After sphinx-book-theme's add_launch_buttons (priority 501), which writes the buttons.
+    app.connect("html-page-context", colab_edition_launch, priority=502)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
