@@ -2,8 +2,10 @@
 
 Images are read from torchvision's on-disk layout by our own parsers (IDX files, gzipped or not,
 and CIFAR-10's pickle batches); torchvision is used only to download missing files. The folders
-searched are listed by :func:`data_roots`. The 2-D toy sets include samples of
-:func:`ddpm_lib.mixture.default_gmm`, the mixture whose exact score the chapters compare with.
+searched are listed by :func:`data_roots`. ``$DDPM_DATA_MIRROR`` names a mirror tried before
+torchvision's own (a URL or folder laid out like a data root: ``MNIST/raw/<files>``). The 2-D
+toy sets include samples of :func:`ddpm_lib.mixture.default_gmm`, the mixture whose exact score
+the chapters compare with.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import os
 import pickle
 import struct
+import urllib.request
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +28,11 @@ from torch import Tensor
 from .mixture import default_gmm
 
 DATA_ROOT_ENV = "DDPM_DATA_ROOT"
+# A mirror of the datasets, tried before torchvision's own when a download is asked for: an
+# http(s):// or file:// URL, or a folder, laid out like a data root (MNIST/raw/<files>,
+# FashionMNIST/raw/<files>, cifar-10-batches-py/<files>). A local copy served by
+# `python -m http.server` is one (tools/colab_check.py uses it); so is a lab's file server.
+DATA_MIRROR_ENV = "DDPM_DATA_MIRROR"
 
 IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
     "mnist": (1, 28, 28),
@@ -262,11 +270,66 @@ def _locate(spec: _Spec, split: str, roots: list[Path]) -> list[Path] | None:
     return None
 
 
+def _mirror_url(mirror: str) -> str:
+    """``$DDPM_DATA_MIRROR`` as a base URL ending in "/": URLs as given, folders as file://."""
+    if "://" not in mirror:
+        mirror = Path(mirror).expanduser().resolve().as_uri()
+    return mirror.rstrip("/") + "/"
+
+
+def _fetch(url: str, dst: Path, timeout: float = 60.0) -> None:
+    """``url`` into ``dst``, through ``dst.part``: an interrupted fetch leaves no half file."""
+    tmp = dst.with_name(dst.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dst)
+
+
+def _download_from_mirror(spec: _Spec, split: str, root: Path, mirror: str) -> None:
+    """Fetch the split's files (only those) from ``mirror`` into ``root``/<folder>."""
+    base = _mirror_url(mirror) + spec.folder + "/"
+    folder = root / spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in spec.files[split]:
+        if _find_file(folder, name, spec.idx) is not None:
+            continue
+        tried = []
+        for candidate in (f"{name}.gz", name) if spec.idx else (name,):
+            try:
+                _fetch(base + candidate, folder / candidate)
+                break
+            except OSError as err:  # URLError and HTTPError are OSErrors
+                tried.append(f"{base + candidate}: {err}")
+        else:
+            raise OSError("the mirror does not serve " + "; ".join(tried))
+    print(f"Downloaded the {spec.title} {split} split from {base} into {folder}")
+
+
 def _download(spec: _Spec, split: str, root: Path) -> None:
+    """Download the split into ``root``: from ``$DDPM_DATA_MIRROR`` first, else torchvision."""
+    mirror = os.environ.get(DATA_MIRROR_ENV)
+    mirror_error = None
+    if mirror:
+        try:
+            _download_from_mirror(spec, split, root, mirror)
+            return
+        except OSError as err:
+            mirror_error = err
+            print(f"{DATA_MIRROR_ENV}={mirror} failed ({err}); trying torchvision's mirrors")
     import torchvision.datasets  # slow import, only needed here
 
     cls = getattr(torchvision.datasets, spec.torchvision_class)
-    cls(str(root), train=split == "train", download=True)
+    try:
+        cls(str(root), train=split == "train", download=True)
+    except Exception as err:
+        if mirror_error is None:
+            raise
+        raise RuntimeError(f"{DATA_MIRROR_ENV}: {mirror_error}; torchvision: {err!r}") from err
 
 
 def _not_found_message(key: str, spec: _Spec, split: str, roots: list[Path]) -> str:
@@ -281,7 +344,8 @@ def _not_found_message(key: str, spec: _Spec, split: str, roots: list[Path]) -> 
     lines += [
         "To provide them:",
         f"  - when online, pass download=True (--download on the command line) to fetch them "
-        f"with torchvision into {roots[0]};",
+        f"with torchvision (or from ${DATA_MIRROR_ENV}, a mirror laid out like a data root) "
+        f"into {roots[0]};",
         f"  - or set {DATA_ROOT_ENV} to a folder holding {spec.folder}/<files>;",
         f"  - or copy the files into {spec.folder}/ under one of the folders above.",
     ]
@@ -301,8 +365,9 @@ def load_image_dataset(
 
     ``name`` is "mnist", "fashion_mnist" or "cifar10" (aliases accepted), ``split`` is "train"
     or "test". The folders of :func:`data_roots` (``root``) are searched in order; the first
-    holding every file of the split is used. If none does and ``download`` is true, torchvision
-    downloads the dataset into the first folder. Otherwise DatasetNotFoundError says what is
+    holding every file of the split is used. If none does and ``download`` is true, the split is
+    downloaded into the first folder: from ``$DDPM_DATA_MIRROR`` when it is set, else (or when
+    that fails) by torchvision. Otherwise DatasetNotFoundError says what is
     missing, where we looked and how to provide the files.
     """
     key = canonical_name(name)

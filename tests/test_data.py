@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
+import http.server
 import pickle
+import socket
 import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.error import URLError
 
@@ -13,6 +18,7 @@ import pytest
 import torch
 
 from ddpm_lib.data import (
+    DATA_MIRROR_ENV,
     DATA_ROOT_ENV,
     IMAGE_SHAPES,
     TOY_DATASETS,
@@ -59,6 +65,12 @@ def write_cifar_batch(path: Path, data: np.ndarray, labels: list[int]) -> None:
 def cifar_row(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
     """One CIFAR row: the R, G and B 32x32 planes, each flattened row-major."""
     return np.concatenate([r.ravel(), g.ravel(), b.ravel()]).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def no_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A $DDPM_DATA_MIRROR of the person running the tests is not used; tests set their own."""
+    monkeypatch.delenv(DATA_MIRROR_ENV, raising=False)
 
 
 @pytest.fixture
@@ -192,6 +204,115 @@ def test_download_goes_to_the_root_and_is_then_read(
     data = load_image_dataset("fashion_mnist", "test", root=tmp_path, download=True)
     assert np.array_equal(data.images[:, 0].numpy(), written["images"])
     assert np.array_equal(data.labels.numpy(), written["labels"])
+
+
+def no_torchvision(*args: object, **kwargs: object) -> None:
+    raise AssertionError("torchvision was asked to download although the mirror has the files")
+
+
+@pytest.fixture
+def http_mirror(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """A tiny Fashion-MNIST test split served over HTTP on 127.0.0.1: (URL, paths requested)."""
+    folder = tmp_path / "served"
+    write_tiny_fashion(folder)
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            requested.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_fetches_the_split_from_the_mirror_folder_before_torchvision(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torchvision.datasets
+
+    images, labels = write_tiny_fashion(tmp_path / "mirror")
+    monkeypatch.setenv(DATA_MIRROR_ENV, str(tmp_path / "mirror"))
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_torchvision)
+    data = load_image_dataset("fashion_mnist", "test", root=tmp_path / "root", download=True)
+    assert np.array_equal(data.images[:, 0].numpy(), images)
+    assert data.source == (tmp_path / "root" / "FashionMNIST" / "raw").resolve()
+
+
+def test_download_from_an_http_mirror_asks_only_for_the_files_of_the_split(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, http_mirror: tuple[str, list[str]]
+) -> None:
+    import torchvision.datasets
+
+    url, requested = http_mirror
+    monkeypatch.setenv(DATA_MIRROR_ENV, url)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_torchvision)
+    data = load_image_dataset("fashion_mnist", "test", root=tmp_path / "root", download=True)
+    assert len(data) == 5
+    assert requested == [
+        "/FashionMNIST/raw/t10k-images-idx3-ubyte.gz",
+        "/FashionMNIST/raw/t10k-labels-idx1-ubyte.gz",
+    ]
+    assert not list((tmp_path / "root").rglob("*.part"))  # no half-written file left
+
+
+def test_a_mirror_without_the_files_falls_back_to_torchvision(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torchvision.datasets
+
+    calls: list[str] = []
+
+    def fake_download(root: str, train: bool, download: bool) -> None:
+        calls.append(root)
+        write_tiny_fashion(Path(root))
+
+    (tmp_path / "empty_mirror").mkdir()
+    monkeypatch.setenv(DATA_MIRROR_ENV, str(tmp_path / "empty_mirror"))
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_download)
+    data = load_image_dataset("fashion_mnist", "test", root=tmp_path / "root", download=True)
+    assert len(data) == 5 and calls == [str((tmp_path / "root").resolve())]
+
+
+def test_when_mirror_and_torchvision_both_fail_the_error_names_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torchvision.datasets
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("no network")
+
+    (tmp_path / "empty_mirror").mkdir()
+    monkeypatch.setenv(DATA_MIRROR_ENV, str(tmp_path / "empty_mirror"))
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_image_dataset("fashion_mnist", "test", root=tmp_path / "root", download=True)
+    message = str(info.value)
+    assert DATA_MIRROR_ENV in message and "t10k-images-idx3-ubyte.gz" in message
+    assert "no network" in message and "Files needed:" in message
+
+
+def test_download_true_without_network_gives_the_dataset_not_found_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The real torchvision download, offline: every host name fails to resolve, as in a
+    # runtime without internet. The reader gets the library's message, not a raw traceback.
+    def no_dns(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_image_dataset("mnist", "test", root=tmp_path, download=True)
+    message = str(info.value)
+    assert message.startswith(f"Downloading MNIST into {tmp_path.resolve()} failed")
+    assert "t10k-images-idx3-ubyte" in message and "To provide them:" in message
 
 
 def test_unknown_dataset_name_lists_valid_names() -> None:
