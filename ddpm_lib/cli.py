@@ -1,12 +1,14 @@
 """Command line: ``python -m ddpm_lib train | sample | export | classifier | evaluate``.
 
-Each subcommand has ``--help``.
+Each subcommand has ``--help`` (with its defaults and an example); ``--version`` says which
+ddpm_lib this is. Mistakes are answered with one line saying what was wrong and what to do.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import sys
 import time
@@ -21,14 +23,55 @@ from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
 from .nets import MODEL_TYPES
 from .samplers import ddim_sample, ddpm_sample
 from .training import RECIPES, RESUMABLE, TrainConfig, Trainer, diffusion_for, recipe
-from .training.checkpoint import CheckpointError, export_release, load_checkpoint, load_model
+from .training.checkpoint import (
+    CheckpointError,
+    export_release,
+    is_release,
+    load_checkpoint,
+    load_model,
+)
 from .training.config import fields as config_fields
 from .training.trainer import NonFiniteLossError
 from .utils import get_device, seed_everything
 
+PROG = "python -m ddpm_lib"
+
+
+def _version() -> str:
+    # The installed distribution's version (the package root is not imported here: the CLI
+    # sits at the top of the layers and imports modules, tests/test_layers.py).
+    try:
+        return importlib.metadata.version("ddpm_lib")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is answered with the one useful line first (not the usage block,
+    which for ``train`` is 40 lines), naming the subcommand, and a pointer to ``--help``."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help (unless the help already says it, or there is none);
+    examples in the epilog keep their lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action) or help_text
+
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer (digits only, e.g. 1000), got {text!r}"
+        ) from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
@@ -55,76 +98,149 @@ def _dataset(text: str) -> str:
         ) from None
 
 
+# Measured on a 2-core laptop-class CPU (../shared/reviews/newcomer_report.md, section 3).
+CPU_NOTE = """\
+On a CPU the default network (--preset mnist, 6.5 M parameters) takes about 1.5-5 s per step
+at --batch-size 128, so the default 10,000 steps take 4-14 hours; train prints its own estimate
+after its first steps. On a laptop use --preset mnist_small with fewer --steps, a 2-D toy set
+(--dataset moons: seconds), or a shipped checkpoint (checkpoints/*.pt)."""
+
+EXAMPLES = {
+    "train": """\
+examples:
+  python -m ddpm_lib train --dataset moons                      # 2-D toy set, seconds on a CPU
+  python -m ddpm_lib train --dataset fashion_mnist --preset mnist_small --steps 2000 \\
+      --out-dir runs/fm
+  python -m ddpm_lib train --dataset mnist --split test --holdout 1000   # MNIST offline
+  python -m ddpm_lib train --resume runs/fm/last.pt --steps 4000      # continue a run
+  python -m ddpm_lib train --resume checkpoints/fashion_mnist.pt --steps 10000 \\
+      --out-dir runs/ft                                   # fine-tune a shipped model
+
+"""
+    + CPU_NOTE,
+    "sample": """\
+examples:
+  python -m ddpm_lib sample --checkpoint checkpoints/fashion_mnist.pt --sampler ddim \\
+      --steps 50 --n 64 --out grid.png
+  python -m ddpm_lib sample --checkpoint runs/fm/last.pt --out ddpm.png   # all T steps""",
+    "export": """\
+example:
+  python -m ddpm_lib export --checkpoint runs/fm/last.pt --out release/fm.pt""",
+    "classifier": """\
+example:
+  python -m ddpm_lib classifier --dataset fashion_mnist --out classifier_fashion_mnist.pt""",
+    "evaluate": """\
+examples:
+  python -m ddpm_lib evaluate --checkpoint checkpoints/fashion_mnist.pt --n 256 \\
+      --samplers ddim-20 --elbo-n 0 --out results.json      # minutes on a CPU
+  python -m ddpm_lib evaluate --checkpoint runs/fm/last.pt    # the full set: use a GPU
+
+The defaults (10,000 samples from each of 3 samplers, the ELBO of 1,000 images) take hours on
+a CPU. The feature classifier is found like the shipped checkpoints: $DDPM_CHECKPOINTS,
+checkpoints/ of this folder or a parent, the download cache, or a download.""",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ddpm_lib", description="Train and sample DDPM models (ddpm_lib)."
+    parser = _Parser(
+        prog=PROG,
+        description="Train and sample DDPM models (ddpm_lib).",
+        epilog="Each command has its own help, e.g. python -m ddpm_lib train --help",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ddpm_lib {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+            formatter_class=_HelpFormatter,
+        )  # fmt: skip
+
+    device_help = "cuda, mps or cpu (default: best available)"
 
     # Every training flag is made from a TrainConfig field or a network config field (its help
     # and type included). Defaults are None so that --resume can tell what was given.
-    tr = sub.add_parser("train", help="train a model (Algorithm 1)")
+    tr = command("train", "train a model (Algorithm 1)")
     tr.add_argument("--recipe", choices=sorted(RECIPES), help="start from a shipped model's recipe")
     _add_config_flags(tr)
-    tr.add_argument("--model", choices=sorted(MODEL_TYPES), help="network type")
+    tr.add_argument("--model", choices=sorted(MODEL_TYPES), help="network type (default unet)")
     presets = sorted({p for _, _, ps in MODEL_TYPES.values() for p in ps})
-    tr.add_argument("--preset", choices=presets, help="network preset (default: unet's mnist)")
+    tr.add_argument(
+        "--preset", choices=presets,
+        help="network preset (default: unet's mnist, 6.5 M parameters: hours on a CPU)",
+    )  # fmt: skip
     _add_model_flags(tr)
-    tr.add_argument("--resume", type=Path, help="continue from this checkpoint")
-    tr.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    tr.add_argument(
+        "--resume", type=Path,
+        help="continue the run of this checkpoint (or fine-tune a shipped one); --steps is the "
+        "total step count",
+    )  # fmt: skip
+    tr.add_argument("--device", help=device_help)
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    sa = sub.add_parser("sample", help="draw samples from a checkpoint into an image grid")
+    sa = command("sample", "draw samples from a checkpoint into an image grid")
     sa.add_argument("--checkpoint", type=Path, required=True, help="a .pt from train/export")
-    sa.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    sa.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="sampler")
     sa.add_argument("--steps", type=_positive_int, help="DDIM steps (default 50; DDPM uses T)")
     sa.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic)")
     sa.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     sa.add_argument("--out", type=Path, default=Path("samples.png"), help="output .png")
-    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--seed", type=int, default=0, help="random seed")
     sa.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
-    sa.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    sa.add_argument("--device", help=device_help)
     sa.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    ex = sub.add_parser("export", help="write a small release checkpoint (fp16 EMA weights)")
-    ex.add_argument("--checkpoint", type=Path, required=True)
-    ex.add_argument("--out", type=Path, required=True)
-    ex.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    ex = command("export", "write a small release checkpoint (fp16 EMA weights)")
+    ex.add_argument(
+        "--checkpoint", type=Path, required=True, help="a training checkpoint (e.g. last.pt)"
+    )
+    ex.add_argument("--out", type=Path, required=True, help="the release checkpoint to write (.pt)")
+    ex.add_argument(
+        "--fp32", action="store_true", help="keep float32 weights (default: float16, half the size)"
+    )
 
-    cl = sub.add_parser("classifier", help="train the feature classifier that evaluate uses")
+    cl = command("classifier", "train the feature classifier that evaluate uses")
     cl.add_argument("--dataset", type=_dataset, required=True, help="mnist or fashion_mnist")
     cl.add_argument("--out", type=Path, help="default checkpoints/classifier_<dataset>.pt")
-    cl.add_argument("--epochs", type=_positive_int, default=10)
-    cl.add_argument("--batch-size", type=_positive_int, default=256)
-    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--epochs", type=_positive_int, default=10, help="passes over the data")
+    cl.add_argument("--batch-size", type=_positive_int, default=256, help="images per step")
+    cl.add_argument("--seed", type=int, default=0, help="random seed")
     cl.add_argument("--data-root", help="folder with <Name>/raw/...; default $DDPM_DATA_ROOT")
-    cl.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    cl.add_argument("--download", action="store_true", help="download the dataset if missing")
+    cl.add_argument("--device", help=device_help)
     cl.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    ev = sub.add_parser(
-        "evaluate", help="Fréchet distance (with real-data floor), precision/recall, ELBO"
-    )
+    ev = command("evaluate", "Fréchet distance (with real-data floor), precision/recall, ELBO")
     ev.add_argument("--checkpoint", type=Path, required=True, help="a .pt from train/export")
     ev.add_argument("--n", type=_positive_int, default=10_000, help="samples per sampler")
     ev.add_argument(
         "--samplers",
         default="ddpm-1000,ddim-100,ddim-50",
-        help="comma list of ddpm-T / ddim-K (default ddpm-1000,ddim-100,ddim-50)",
+        help="comma list of ddpm-T / ddim-K",
     )
     ev.add_argument(
         "--elbo-n", type=int, default=1000, help="held-out images for the ELBO (0: skip)"
     )
     ev.add_argument("--ode-n", type=int, default=0, help="images for the ODE likelihood (0: skip)")
     ev.add_argument("--ode-steps", type=_positive_int, default=100, help="Heun steps of the ODE")
-    ev.add_argument("--classifier", type=Path, help="default checkpoints/classifier_<dataset>.pt")
-    ev.add_argument("--batch-size", type=_positive_int, default=1000)
+    ev.add_argument(
+        "--classifier", type=Path,
+        help="feature classifier (default: the shipped classifier_<dataset>.pt, found or "
+        "downloaded)",
+    )  # fmt: skip
+    ev.add_argument("--batch-size", type=_positive_int, default=1000, help="samples per batch")
     ev.add_argument("--bf16", action="store_true", help="sample under bf16 autocast (GPU)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0, help="random seed")
     ev.add_argument("--data-root", help="folder with <Name>/raw/...; default $DDPM_DATA_ROOT")
+    ev.add_argument("--download", action="store_true", help="download the dataset if missing")
     ev.add_argument("--out", type=Path, help="write the results here as JSON")
     ev.add_argument("--grids", type=Path, help="folder for a 64-sample PNG per sampler")
-    ev.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    ev.add_argument("--device", help=device_help)
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.commands = {  # type: ignore[attr-defined]
+        "train": tr, "sample": sa, "export": ex, "classifier": cl, "evaluate": ev,
+    }  # fmt: skip
     return parser
 
 
@@ -142,7 +258,13 @@ def _config_value(name: str, base: Any) -> Any:
     """An argparse type for TrainConfig field ``name``: convert, then let TrainConfig validate."""
 
     def parse(text: str) -> Any:
-        value = base(text)
+        try:
+            value = base(text)
+        except ValueError:
+            kind = "an integer (digits only, e.g. 1000)" if base is int else "a number"
+            if base is int and name in _POSITIVE_FIELDS:
+                kind = "a positive integer (digits only, e.g. 1000)"
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
         try:
             TrainConfig(**{name: value}).validate()
         except ValueError as e:
@@ -151,6 +273,9 @@ def _config_value(name: str, base: Any) -> Any:
 
     parse.__name__ = base.__name__  # argparse's "invalid int value: ..."
     return parse
+
+
+_POSITIVE_FIELDS = ("toy_size", "num_timesteps", "steps", "batch_size", "log_every", "save_every")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -228,31 +353,128 @@ def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, info: DistInfo) -> int:
     given = _train_config(args, parser)
-    if args.resume is not None:
-        if args.recipe:
-            parser.error("--resume continues a run with its own settings: drop --recipe")
-        if set(given) - set(RESUMABLE):
-            parser.error(
-                f"--resume continues the run in {args.resume} with its own settings; only "
-                f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change "
-                f"(got {', '.join(sorted(set(given) - set(RESUMABLE)))})"
-            )
-        given.setdefault("out_dir", str(args.resume.parent))
-        trainer = Trainer.from_checkpoint(args.resume, device=args.device, **given)
+    trainer: Trainer | None = None
+    try:
+        if args.resume is not None:
+            trainer = _resume(args, parser, given, info)
+        else:
+            if given.get("dataset") in TOY_DATASETS and "model" not in given:
+                given["model"] = {"type": "mlp"}
+            base = recipe(args.recipe) if args.recipe else TrainConfig()
+            trainer = Trainer(base.replace(**given), device=args.device)
+        procs = f" x {info.world_size} processes" if info.enabled else ""
         if info.is_main:
-            print(f"resuming {args.resume} at step {trainer.step}")
-    else:
-        if given.get("dataset") in TOY_DATASETS and "model" not in given:
-            given["model"] = {"type": "mlp"}
-        base = recipe(args.recipe) if args.recipe else TrainConfig()
-        trainer = Trainer(base.replace(**given), device=args.device)
-    procs = f" x {info.world_size} processes" if info.enabled else ""
-    if info.is_main:
-        print(f"training on {trainer.data_note}; device {trainer.device}{procs}")
-    trainer.run(progress=not args.no_progress)
+            print(f"training on {trainer.data_note}; device {trainer.device}{procs}")
+        estimate = _CpuEstimate() if trainer.device.type == "cpu" and info.is_main else None
+        trainer.run(progress=not args.no_progress, callback=estimate)
+    except KeyboardInterrupt:
+        if info.is_main:
+            print(interrupted_message(trainer), file=sys.stderr)
+        return 130
     if info.is_main:
         print(f"done at step {trainer.step}; checkpoint {trainer.last_checkpoint}")
     return 0
+
+
+def _resume(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, given: dict, info: DistInfo
+) -> Trainer:
+    """The trainer of ``train --resume``: an exact continuation of a training checkpoint, or a
+    fine-tuning run from a release checkpoint's weights (said so)."""
+    if args.recipe:
+        parser.error("--resume continues a run with its own settings: drop --recipe")
+    if set(given) - set(RESUMABLE):
+        parser.error(
+            f"--resume continues the run in {args.resume} with its own settings; only "
+            f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change "
+            f"(got {', '.join(sorted(set(given) - set(RESUMABLE)))})"
+        )
+    ckpt = load_checkpoint(args.resume)
+    release = is_release(ckpt)
+    # A release file sits among the shipped ones: a fine-tuning run writes elsewhere.
+    default_out = Path("runs") / f"{args.resume.stem}_finetuned" if release else args.resume.parent
+    given.setdefault("out_dir", str(default_out))
+    steps = given.get("steps", ckpt["config"].get("steps", TrainConfig().steps))
+    if steps <= ckpt["step"]:
+        said = f"--steps {steps}" if "steps" in given else f"its --steps ({steps})"
+        parser.error(
+            f"{args.resume} is already at step {ckpt['step']}, and {said} is the total number "
+            f"of steps, not how many to add: pass --steps above {ckpt['step']} (e.g. --steps "
+            f"{ckpt['step'] + 1000}) to train further"
+        )
+    trainer = Trainer.from_checkpoint(args.resume, device=args.device, **given)
+    if info.is_main:
+        if release:
+            print(
+                f"fine-tuning {args.resume}: a release checkpoint holds its EMA weights only "
+                f"(no optimizer or random state), so training starts from those weights at "
+                f"step {trainer.step} with a fresh AdamW optimizer; not an exact continuation. "
+                f"Checkpoints go to {Path(given['out_dir']) / 'last.pt'}"
+            )
+        else:
+            print(f"resuming {args.resume} at step {trainer.step}")
+    return trainer
+
+
+def interrupted_message(trainer: Trainer | None) -> str:
+    """What Ctrl-C during ``train`` leaves: the checkpoint to continue from and the command, or
+    that there is none yet."""
+    if trainer is None:
+        return "interrupted before training started; no checkpoint was written"
+    at = f"interrupted at step {trainer.step}"
+    if trainer.last_checkpoint is None:
+        start = f"--resume {trainer.fine_tuning} " if trainer.fine_tuning else ""
+        return (
+            f"{at}; no checkpoint of this run was written yet (one is written every "
+            f"--save-every {trainer.config.save_every} steps), so there is nothing to resume: "
+            f"start again (python -m ddpm_lib train {start}...), with a smaller --save-every "
+            "to keep more"
+        )
+    lost = trainer.step - (trainer.last_checkpoint_step or 0)
+    kept = f"{trainer.last_checkpoint} (step {trainer.last_checkpoint_step}"
+    kept += f"; the {lost} steps after it are lost)" if lost else ")"
+    return (
+        f"{at}; the last checkpoint is {kept}. Continue with:\n"
+        f"  python -m ddpm_lib train --resume {trainer.last_checkpoint} "
+        f"--steps {trainer.config.steps}"
+    )
+
+
+class _CpuEstimate:
+    """A training callback that, on a CPU, times a few steps and says how long the run takes."""
+
+    WARMUP, MEASURE = 1, 3
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.start = 0.0
+
+    def __call__(self, trainer: Trainer) -> None:
+        self.seen += 1
+        if self.seen == self.WARMUP:
+            self.start = time.perf_counter()
+        elif self.seen == self.WARMUP + self.MEASURE:
+            per_step = (time.perf_counter() - self.start) / self.MEASURE
+            left = trainer.config.steps - trainer.step
+            print(estimate_message(per_step, left), file=sys.stderr)
+
+
+def estimate_message(per_step: float, steps_left: int) -> str:
+    """The CPU time estimate ``train`` prints: a warning when the run takes an hour or more."""
+    total = per_step * steps_left
+    if total < 60:
+        span = f"{total:.0f} s"
+    elif total < 3600:
+        span = f"{total / 60:.0f} min"
+    else:
+        span = f"{total / 3600:.1f} hours"
+    line = f"on this CPU a step takes {per_step:.3g} s: the {steps_left} steps left take ~{span}"
+    if total >= 3600:
+        line = (
+            f"warning: {line}. Stop with Ctrl-C (the last checkpoint is kept) and use a GPU, "
+            "fewer --steps, a smaller network (--preset mnist_small) or a shipped checkpoint"
+        )
+    return line
 
 
 def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -260,6 +482,7 @@ def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--out must be a .png file, got {args.out}")
     if args.eta < 0:
         parser.error(f"--eta must be ≥ 0, got {args.eta}")
+    _check_out(args.out, "--out", parser)
     device = get_device(args.device)
     model, ckpt = load_model(args.checkpoint, use_ema=not args.no_ema, map_location=device)
     cfg = TrainConfig.from_dict(ckpt["config"])
@@ -313,7 +536,23 @@ def _save_samples(x: torch.Tensor, out: Path) -> None:
     plt.close(fig)
 
 
+def _check_out(path: Path, flag: str, parser: argparse.ArgumentParser, folder: bool = False):
+    """Refuse an output path that cannot be written (a file where a folder must be, a folder
+    where the file goes) before any work is done, so that nothing is lost."""
+    for parent in [*reversed(path.parents), *([path] if folder else [])]:
+        if parent.exists() and not parent.is_dir():
+            parser.error(
+                f"{flag} {path}: {parent} is a file, not a folder, so nothing can be written "
+                f"{'there' if parent == path else 'under it'}; choose another {flag}"
+            )
+    if not folder and path.is_dir():
+        parser.error(f"{flag} {path} is a folder; give a file name, e.g. {path / 'out'}")
+
+
 def cmd_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.out.suffix.lower() != ".pt":
+        parser.error(f"--out must be a .pt file (a checkpoint), got {args.out}")
+    _check_out(args.out, "--out", parser)
     path = export_release(args.checkpoint, args.out, half=not args.fp32)
     card = load_checkpoint(path)["card"]
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); card: {json.dumps(card)}")
@@ -327,8 +566,12 @@ def cmd_classifier(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
     if args.dataset in TOY_DATASETS:
         parser.error("toy sets need no classifier: evaluate uses their 2-D coordinates")
+    if args.out is not None:
+        if args.out.suffix.lower() != ".pt":
+            parser.error(f"--out must be a .pt file, got {args.out}")
+        _check_out(args.out, "--out", parser)
     device = get_device(args.device)
-    x, y, xt, yt, note = classifier_data(args.dataset, args.data_root)
+    x, y, xt, yt, note = classifier_data(args.dataset, args.data_root, args.download)
     model, card = train_classifier(
         x, y, xt, yt, args.epochs, args.batch_size, seed=args.seed, device=device,
         progress=not args.no_progress,
@@ -354,11 +597,15 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         parser.error(f"--out must be a .json file, got {args.out}")
     if args.elbo_n < 0 or args.ode_n < 0:
         parser.error(f"--elbo-n and --ode-n must be ≥ 0, got {args.elbo_n}, {args.ode_n}")
+    if args.out is not None:
+        _check_out(args.out, "--out", parser)
+    if args.grids is not None:
+        _check_out(args.grids, "--grids", parser, folder=True)
     start = time.perf_counter()
     result = evaluate_checkpoint(
         args.checkpoint, args.n, samplers, args.elbo_n, args.classifier, args.batch_size,
         args.device, args.bf16, args.seed, args.data_root, args.grids, not args.no_progress,
-        args.ode_n, args.ode_steps,
+        args.ode_n, args.ode_steps, args.download,
     )  # fmt: skip
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
     result["command"] = "python -m ddpm_lib " + " ".join(args.argv)
@@ -373,10 +620,36 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+# What Ctrl-C leaves behind, by command (train says it itself: see interrupted_message).
+_INTERRUPTED = {
+    "sample": "interrupted; no samples were written",
+    "export": "interrupted; nothing was written (the file is written whole or not at all)",
+    "classifier": "interrupted; the classifier was not written",
+    "evaluate": "interrupted; no results were written",
+    "train": "interrupted",
+}
+
+
+def for_the_command_line(message: str) -> str:
+    """A library message with its Python advice turned into command-line flags."""
+    message = message.replace(
+        "pass download=True (--download on the command line)", "add --download"
+    )
+    hint = message.find("Only the MNIST test split")
+    if hint >= 0:
+        message = message[:hint] + (
+            "Only the MNIST test split (10,000 digits) is available offline. The book trains on\n"
+            "9,000 of them and holds out 1,000: add --split test --holdout 1000, e.g.\n"
+            "  python -m ddpm_lib train --dataset mnist --split test --holdout 1000"
+        )
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    sub = parser.commands[args.command]  # type: ignore[attr-defined]
     commands = {
         "train": cmd_train,
         "sample": cmd_sample,
@@ -384,8 +657,13 @@ def main(argv: list[str] | None = None) -> int:
         "classifier": cmd_classifier,
         "evaluate": cmd_evaluate,
     }
+    if getattr(args, "device", None):  # before any work: a missing GPU is a usage error
+        try:
+            get_device(args.device)
+        except (RuntimeError, ValueError) as e:
+            sub.error(f"--device {args.device}: {e}; leave --device out to use the best one")
     try:
-        return commands[args.command](args, parser)
+        return commands[args.command](args, sub)
     except (
         CheckpointError,
         DatasetNotFoundError,
@@ -393,10 +671,10 @@ def main(argv: list[str] | None = None) -> int:
         NonFiniteLossError,
         ValueError,
     ) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {for_the_command_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept", file=sys.stderr)
+        print(_INTERRUPTED[args.command], file=sys.stderr)
         return 130
 
 

@@ -129,7 +129,13 @@ def test_evaluate_refuses_an_unknown_sampler(capsys):
 
 
 def test_evaluate_without_a_classifier_says_how_to_train_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("ddpm_lib.evaluation.evaluate.find_checkpoint", lambda name: None)
+    from ddpm_lib.evaluation import evaluate
+
+    def offline(name):
+        raise OSError("offline")
+
+    monkeypatch.setattr(evaluate, "shipped_classifier_candidates", lambda d: [tmp_path / "no.pt"])
+    monkeypatch.setattr(evaluate, "download_checkpoint", offline)
     args = ["evaluate", "--checkpoint", str(find_checkpoint("mnist")), "--n", "4"]
     assert main(args + ["--device", "cpu", "--no-progress"]) == 1
     assert "python -m ddpm_lib classifier --dataset mnist" in capsys.readouterr().err

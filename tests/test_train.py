@@ -393,3 +393,45 @@ def test_train_step_is_an_adamw_step_on_the_l_simple_gradient_of_its_batch(
         step = cfg.lr * g / (g.abs() + eps_adam)
         atol = 1e-5 * cfg.lr + 4 * U32 * p0.detach().abs()
         assert ((p1.detach() - (p0.detach() - step)).abs() <= atol).all()
+
+
+def _release_of(tmp_path, **config_changes):
+    """A release checkpoint (weights only) of a short toy run, its config changed as given (the
+    shipped files were written with the trainer's data folder and time limit in them)."""
+    from ddpm_lib.training.checkpoint import export_release, save_checkpoint
+
+    trainer = Trainer(toy_config(tmp_path, steps=20))
+    trainer.run(progress=False)
+    release = export_release(trainer.last_checkpoint, tmp_path / "release.pt", half=False)
+    ckpt = load_checkpoint(release)
+    ckpt["config"] |= config_changes
+    save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version")}, release)
+    return release, trainer
+
+
+def test_a_release_checkpoint_is_fine_tuned_from_its_weights_with_a_fresh_optimizer(tmp_path):
+    release, trained = _release_of(tmp_path)
+    tuner = Trainer.from_checkpoint(release, steps=25, out_dir=str(tmp_path / "ft"))
+    assert tuner.fine_tuning == release and tuner.last_checkpoint is None
+    assert tuner.step == 20 and tuner.optimizer.state_dict()["state"] == {}
+    for k, v in trained.ema.state_dict().items():
+        assert torch.equal(tuner.model.state_dict()[k], v), k
+        assert torch.equal(tuner.ema.state_dict()[k], v), k
+    tuner.run(progress=False)
+    assert load_checkpoint(tmp_path / "ft" / "last.pt")["step"] == 25
+
+
+def test_fine_tuning_ignores_the_data_folder_and_time_limit_of_the_shipped_run(tmp_path):
+    release, _ = _release_of(tmp_path, data_root=".devdata", time_limit=8.0)
+    tuner = Trainer.from_checkpoint(release, steps=25, out_dir=str(tmp_path / "ft"))
+    assert tuner.config.data_root is None and tuner.config.time_limit is None
+    tuner = Trainer.from_checkpoint(release, steps=25, data_root=str(tmp_path))
+    assert tuner.config.data_root == str(tmp_path)
+
+
+def test_resume_remembers_which_checkpoint_and_step_it_continues(tmp_path):
+    trainer = Trainer(toy_config(tmp_path, steps=20))
+    trainer.run(progress=False)
+    resumed = Trainer.from_checkpoint(trainer.last_checkpoint, steps=30)
+    assert resumed.last_checkpoint == trainer.last_checkpoint
+    assert resumed.last_checkpoint_step == 20 and resumed.fine_tuning is None

@@ -35,9 +35,15 @@ from ..diffusion import GaussianDiffusion
 from ..mixture import default_gmm
 from ..samplers import ddim_sample, ddpm_sample
 from ..sde import DiscreteVPSDE, eps_model_score_fn, ode_log_likelihood
-from ..training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from ..training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    model_card,
+    save_checkpoint,
+)
 from ..training.config import diffusion_for
-from ..training.pretrained import find_checkpoint
+from ..training.pretrained import checkpoint_candidates, download_checkpoint
 from ..utils import get_device
 from .metrics import (
     FeatureNet,
@@ -66,7 +72,7 @@ def parse_sampler(text: str) -> tuple[str, int]:
 
 
 def classifier_data(
-    dataset: str, data_root: str | None = None
+    dataset: str, data_root: str | None = None, download: bool = False
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
     """(x_train, y_train, x_test, y_test, note) for the feature classifier of ``dataset``.
 
@@ -81,7 +87,7 @@ def classifier_data(
     except FileNotFoundError:
         if dataset != "mnist":
             raise
-        data = load_image_dataset(dataset, "test", data_root)
+        data = load_image_dataset(dataset, "test", data_root, download)
         keep, hold = holdout_split(len(data), 1000, seed=0)
         train, test = data.subset(keep), data.subset(hold)
         note = (
@@ -114,11 +120,53 @@ def load_classifier(
     return model.eval().to(device), ckpt["card"]
 
 
+def shipped_classifier_candidates(dataset: str) -> list[Path]:
+    """Where :func:`find_classifier` looks for ``classifier_<dataset>.pt``: the places every
+    shipped checkpoint is looked for (``$DDPM_CHECKPOINTS``, ``checkpoints/`` of the working
+    directory and its parents, the download cache), then ``checkpoints/`` beside the package
+    (a clone of the book used from another folder)."""
+    name = f"classifier_{dataset}"
+    beside = Path(__file__).resolve().parents[2] / "checkpoints" / f"{name}.pt"
+    return [*checkpoint_candidates(name), beside]
+
+
+def find_classifier(dataset: str, download: bool = True) -> Path:
+    """The shipped feature classifier of ``dataset``: found (see
+    :func:`shipped_classifier_candidates`) or, when ``download``, downloaded into the cache like
+    the chapters' checkpoints. Raises FileNotFoundError saying where it looked and what to do."""
+    name = f"classifier_{dataset}"
+    candidates = shipped_classifier_candidates(dataset)
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is not None:
+        return found
+    failure = "not downloaded (download=False)"
+    if download:
+        try:
+            path = download_checkpoint(name)
+            if path is not None:
+                return Path(path)
+            failure = "the download failed"
+        except OSError as e:
+            failure = f"the download failed ({e})"
+    looked = "\n".join(f"  {p}" for p in candidates)
+    raise FileNotFoundError(
+        f"no feature classifier for {dataset}: {name}.pt was not found; looked in:\n{looked}\n"
+        f"and {failure}. Either\n"
+        f"  - point $DDPM_CHECKPOINTS at a folder holding {name}.pt (a clone of the book has "
+        "it in checkpoints/), or pass --classifier PATH;\n"
+        f"  - or train one: python -m ddpm_lib classifier --dataset {dataset} --out {name}.pt"
+    )
+
+
 # ----------------------------------------------------------------------------- real sets
 
 
 def real_sets(
-    config: dict[str, Any], n: int, data_root: str | None = None, seed: int = 0
+    config: dict[str, Any],
+    n: int,
+    data_root: str | None = None,
+    seed: int = 0,
+    download: bool = False,
 ) -> dict[str, Any]:
     """The reference set, the disjoint floor set (both [n', ...] in [-1, 1]), the held-out
     images for the ELBO (None for toy data) and a note saying where each came from."""
@@ -130,11 +178,12 @@ def real_sets(
         note = f"two fresh sets of {n} points of the exact {name} distribution (seeds +1, +2)"
         return {"reference": ref, "floor": floor, "heldout": None, "n": n, "note": note}
     if config["split"] == "train":
-        train = load_image_dataset(name, "train", data_root).to_model_range()
-        held = load_image_dataset(name, "test", data_root).to_model_range()
+        train = load_image_dataset(name, "train", data_root, download).to_model_range()
+        held = load_image_dataset(name, "test", data_root, download).to_model_range()
         held_name, train_name = "test split (held out)", "training split"
     else:
-        data = load_image_dataset(name, config["split"], data_root).to_model_range()
+        data = load_image_dataset(name, config["split"], data_root, download)
+        data = data.to_model_range()
         keep, hold = holdout_split(len(data), config.get("holdout", 0) or 0, seed=0)
         train, held = data[keep], data[hold]
         held_name = f"{len(hold)} held-out images of the {config['split']} split"
@@ -240,6 +289,7 @@ def evaluate_checkpoint(
     progress: bool = True,
     ode_n: int = 0,
     ode_steps: int = 100,
+    download: bool = False,
 ) -> dict[str, Any]:
     """FD (with floor and n), precision/recall per sampler, and the ELBO of a checkpoint.
 
@@ -247,7 +297,8 @@ def evaluate_checkpoint(
     or, for the Gaussian-mixture toy, fresh points (nats, beside their exact log-density).
 
     Returns a JSON-ready dict; see the module docstring for which real images are used.
-    ``grids``: a folder for a 64-sample PNG per sampler.
+    ``grids``: a folder for a 64-sample PNG per sampler. ``download``: fetch missing data.
+    The feature classifier is ``classifier`` or the shipped one (:func:`find_classifier`).
     """
     for s in samplers:
         parse_sampler(s)
@@ -257,24 +308,20 @@ def evaluate_checkpoint(
     model, ckpt = load_model(checkpoint, map_location=device)
     config, diffusion = ckpt["config"], diffusion_for(ckpt["config"])
     toy = config["dataset"] in TOY_DATASETS
-    sets = real_sets(config, n, data_root, seed)
+    # The classifier first: a missing one is reported before the data is read.
+    classifier_path = None if toy else (classifier or find_classifier(config["dataset"]))
+    sets = real_sets(config, n, data_root, seed, download)
     n = sets["n"]
     feature_net: FeatureNet | None = None
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": config["dataset"]}
     if toy:
         result["feature_space"] = "the 2-D coordinates themselves"
     else:
-        path = classifier or find_checkpoint(f"classifier_{config['dataset']}")
-        if path is None:
-            raise FileNotFoundError(
-                f"no feature classifier for {config['dataset']}: train one with python -m "
-                f"ddpm_lib classifier --dataset {config['dataset']} --out "
-                f"checkpoints/classifier_{config['dataset']}.pt, or pass --classifier"
-            )
-        feature_net, card = load_classifier(path, device)
-        result["feature_space"] = f"penultimate layer of {path}"
+        feature_net, card = load_classifier(classifier_path, device)
+        result["feature_space"] = f"penultimate layer of {classifier_path}"
         result["classifier"] = card
-    card = ckpt.get("card", {})
+    # A release checkpoint carries its card; a training checkpoint's figures are read from it.
+    card = ckpt.get("card") or model_card(ckpt)
     result.update(
         model_card={k: card.get(k) for k in ("steps", "batch_size", "device", "train_minutes")},
         reference=sets["note"],

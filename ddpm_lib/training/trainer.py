@@ -28,7 +28,7 @@ from ..data import toy_dataset as make_toy_dataset
 from ..elbo import check_data_range
 from ..nets import build_model, model_config, model_spec
 from ..utils import get_device
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, is_release, load_checkpoint, save_checkpoint
 from .config import (
     RESUMABLE,
     TrainConfig,
@@ -160,7 +160,9 @@ class Trainer:
         self.train_seconds = 0.0  # wall time spent in run(), summed over resumes
         self.history: dict[str, list[float]] = {"step": [], "loss": []}
         self.out_dir = Path(config.out_dir)
-        self.last_checkpoint: Path | None = None
+        self.last_checkpoint: Path | None = None  # the latest checkpoint of this run
+        self.last_checkpoint_step: int | None = None
+        self.fine_tuning: Path | None = None  # the release checkpoint this run started from
         self.graphed: GraphedStep | None = None
         if config.cuda_graph:
             self._capture_updates()
@@ -212,6 +214,9 @@ class Trainer:
                 f"the checkpoint's config does not match this run ({'; '.join(conflicts)}); "
                 "resume with the original settings or start a fresh run in a new --out-dir"
             )
+        if is_release(ckpt):
+            self._start_from_release(ckpt)
+            return
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -240,6 +245,18 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
+    def _start_from_release(self, ckpt: dict[str, Any]) -> None:
+        """Fine-tune from a release checkpoint's weights: it holds the EMA weights only (no raw
+        weights, optimizer or random state), so the model and its EMA both start from them,
+        with a fresh AdamW and generators seeded by the config; the step count goes on."""
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+        self.step = int(ckpt["step"])
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        history = ckpt.get("history") or {}
+        self.history = {k: list(history.get(k, [])) for k in ("step", "loss")}
+
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, device: str | torch.device | None = None, **overrides: Any
@@ -249,8 +266,16 @@ class Trainer:
         ``overrides`` may change the resumable settings (``config.RESUMABLE``: ``steps``,
         ``save_every``, ``out_dir``, ...); changing what is trained (model, data, schedule,
         optimizer) is an error.
+
+        A release checkpoint (``export``: weights only) cannot be continued exactly; it is
+        fine-tuned instead (:meth:`_start_from_release`; ``trainer.fine_tuning`` is its path),
+        and neither the data folder nor the time limit of the run that made it is used.
         """
         ckpt = load_checkpoint(path)
+        release = is_release(ckpt)
+        if release:  # the shipped run's data folder and time budget are not this run's
+            overrides.setdefault("data_root", None)
+            overrides.setdefault("time_limit", None)
         conflicts = resume_conflicts(ckpt["config"], {**ckpt["config"], **overrides})
         if conflicts:
             raise CheckpointError(
@@ -261,7 +286,10 @@ class Trainer:
         config_dict = {**ckpt["config"], **overrides}
         trainer = cls(TrainConfig.from_dict(config_dict), device=device)
         trainer.load_state_dict(ckpt)
-        trainer.last_checkpoint = Path(path)
+        if release:
+            trainer.fine_tuning = Path(path)
+        else:
+            trainer.last_checkpoint, trainer.last_checkpoint_step = Path(path), trainer.step
         return trainer
 
     def save(self, name: str = "last.pt") -> Path:
@@ -272,7 +300,7 @@ class Trainer:
             self._check_replicas_agree()
         if self.dist.is_main:
             save_checkpoint(state, path)
-        self.last_checkpoint = path
+        self.last_checkpoint, self.last_checkpoint_step = path, self.step
         return path
 
     def _check_replicas_agree(self) -> None:
