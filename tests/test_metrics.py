@@ -201,6 +201,14 @@ def test_elbo_summary_of_a_model_that_knows_the_answer_is_finite_and_below_a_bad
     assert parts == pytest.approx(good["bits_per_dim"], rel=1e-12)
 
 
+def test_elbo_summary_progress_counts_the_network_calls_within_a_batch(small_diffusion, capsys):
+    """One batch costs T network calls (minutes on a CPU): the bar must move inside it."""
+    x0 = torch.full((2, 1, 4, 4), -1.0)
+    elbo_summary(small_diffusion, lambda x, t: torch.zeros_like(x), x0, progress=True)
+    err = capsys.readouterr().err
+    assert "ELBO terms" in err and "100/100" in err  # T = 100 terms of the one batch
+
+
 def test_elbo_summary_refuses_data_off_the_8_bit_grid(small_diffusion):
     x0 = torch.full((2, 1, 4, 4), 0.123)
     with pytest.raises(ValueError, match="8-bit"):

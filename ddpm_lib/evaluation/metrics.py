@@ -269,9 +269,11 @@ def elbo_summary(
         )
     gen = torch.Generator(device).manual_seed(seed)
     totals, priors, terms = [], [], []
+    # One batch costs T network calls (minutes on a CPU): the inner bar counts them, so the
+    # progress moves within a batch, not only between batches.
     for i in tqdm(range(0, len(x0), batch_size), desc="ELBO batches", disable=not progress):
         out = elbo_bpd(
-            diffusion, model, x0[i : i + batch_size].to(device), generator=gen, progress=False
+            diffusion, model, x0[i : i + batch_size].to(device), generator=gen, progress=progress
         )
         totals.append(out.total.cpu())
         priors.append(out.prior.cpu())
@@ -316,10 +318,17 @@ def ode_bits_per_dim(
     for i in tqdm(range(0, len(x0), batch_size), desc="ODE likelihood", disable=not progress):
         x = x0[i : i + batch_size].to(device)
         u = (torch.rand(x.shape, generator=gen, device=device) * 2 - 1) / 255
+        # The inner bar counts this batch's ODE steps (the slow part), not only the batches.
         out = ode_log_likelihood(
-            sde, score, x + u, steps, t_start=1.0 / T, hutchinson=True, generator=gen,
-            progress=False,
-        )  # fmt: skip
+            sde,
+            score,
+            x + u,
+            steps,
+            t_start=1.0 / T,
+            hutchinson=True,
+            generator=gen,
+            progress=progress,
+        )
         bpd.append((-out.log_likelihood / (dims * math.log(2)) + math.log2(127.5)).cpu())
     values = torch.cat(bpd)
     n = len(values)
