@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .accel.distributed import DistInfo, cleanup, setup_distributed
+from .accel.distributed import DistInfo, barrier, cleanup, setup_distributed
 from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
 from .nets import MODEL_TYPES
 from .samplers import ddim_sample, ddpm_sample
@@ -346,7 +346,12 @@ def _train_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     info = setup_distributed()  # a no-op unless started by torchrun
     try:
-        return _train(args, parser, info)
+        code = _train(args, parser, info)
+        # Every process reaches the end before the group is torn down: with torch 2.3's gloo,
+        # destroying it while another rank still works hung at exit. Not in `finally`: after a
+        # crash on one rank the others would wait here forever.
+        barrier(info)
+        return code
     finally:
         cleanup(info)
 

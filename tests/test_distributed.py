@@ -51,6 +51,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             },
             os.path.join(out, f"rank{rank}.pt"),
         )
+        dist.barrier()  # as the CLI does: every rank done before the group is destroyed
     finally:
         dist.destroy_process_group()
 

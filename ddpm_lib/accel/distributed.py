@@ -79,6 +79,12 @@ def gather(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def barrier(info: DistInfo) -> None:
+    """Wait until every process gets here (nothing to wait for when not distributed)."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
