@@ -15,7 +15,6 @@ import math
 import os
 import pickle
 import struct
-import urllib.request
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .mixture import default_gmm
+from .utils import fetch_url
 
 DATA_ROOT_ENV = "DDPM_DATA_ROOT"
 # A mirror of the datasets, tried before torchvision's own when a download is asked for: an
@@ -277,19 +277,6 @@ def _mirror_url(mirror: str) -> str:
     return mirror.rstrip("/") + "/"
 
 
-def _fetch(url: str, dst: Path, timeout: float = 60.0) -> None:
-    """``url`` into ``dst``, through ``dst.part``: an interrupted fetch leaves no half file."""
-    tmp = dst.with_name(dst.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dst)
-
-
 def _download_from_mirror(spec: _Spec, split: str, root: Path, mirror: str) -> None:
     """Fetch the split's files (only those) from ``mirror`` into ``root``/<folder>."""
     base = _mirror_url(mirror) + spec.folder + "/"
@@ -301,7 +288,7 @@ def _download_from_mirror(spec: _Spec, split: str, root: Path, mirror: str) -> N
         tried = []
         for candidate in (f"{name}.gz", name) if spec.idx else (name,):
             try:
-                _fetch(base + candidate, folder / candidate)
+                fetch_url(base + candidate, folder / candidate)
                 break
             except OSError as err:  # URLError and HTTPError are OSErrors
                 tried.append(f"{base + candidate}: {err}")

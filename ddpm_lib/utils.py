@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import random
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,3 +74,17 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)  # noqa: NPY002 (notebooks may use the global NumPy RNG)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def fetch_url(url: str, dst: Path, timeout: float = 60.0) -> None:
+    """``url`` into the file ``dst``, through ``dst.part``: an interrupted fetch leaves no half
+    file behind (datasets and checkpoints are downloaded this way)."""
+    tmp = dst.with_name(dst.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dst)

@@ -2,6 +2,7 @@
 
 import re
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def offline(monkeypatch):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(pretrained.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
 
 
 def tiny_toy_recipe(steps):

@@ -13,7 +13,6 @@ import math
 import os
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from torch import nn
 
 from ..data import DatasetNotFoundError
 from ..diffusion import GaussianDiffusion
-from ..utils import get_device, quick_mode
+from ..utils import fetch_url, get_device, quick_mode
 from .checkpoint import load_model
 from .config import diffusion_for
 from .recipes import recipe
@@ -85,15 +84,7 @@ def download_checkpoint(name: str, timeout: float = 30.0) -> Path:
     url = checkpoint_url(name)
     dst = cache_dir() / f"{name}.pt"
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dst)
+    fetch_url(url, dst, timeout)
     print(f"downloaded {url} to {dst}")
     return dst
 
