@@ -27,7 +27,6 @@ another built site (e.g. an older build kept for comparison) instead of _build/h
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import re
 from collections.abc import Iterator
@@ -38,6 +37,8 @@ from urllib.parse import unquote, urldefrag, urlsplit
 import pytest
 import yaml
 
+from helpers import load_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(os.environ.get("BOOK_SITE") or ROOT / "_build" / "html").resolve()
 SHOTS = ROOT / "_build" / "screenshots"
@@ -46,12 +47,7 @@ REQUIRED = os.environ.get("BOOK_SITE_REQUIRED", "") == "1"
 
 def _load_measure():
     """tools/measure_pages.py: the measuring code (JavaScript) that this check shares."""
-    spec = importlib.util.spec_from_file_location(
-        "measure_pages", ROOT / "tools" / "measure_pages.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("measure_pages")
 
 
 measure = _load_measure()

@@ -11,23 +11,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 COLAB_DIR = ROOT / "colab"
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "colab_edition", ROOT / "tools" / "colab_edition.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["colab_edition"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("colab_edition")
 
 
 tool = _load_tool()

@@ -6,24 +6,18 @@ tests that name them, and writes book/equation_index.md.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def index():
-    spec = importlib.util.spec_from_file_location(
-        "equation_index", ROOT / "tools" / "equation_index.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["equation_index"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("equation_index")
 
 
 def test_every_labelled_equation_has_a_function_and_a_test(index):
