@@ -58,8 +58,8 @@ venv-cpu:
 	$(BIN)/pip install -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# The order: lint (library and notebooks) -> unit tests -> notebooks (nbval) -> book (-W) ->
-# browser check of the site.
+# The order: lint (library and notebooks) -> unit tests -> a chapter as Colab runs it ->
+# notebooks (nbval) -> book (-W) -> browser check of the site -> unit tests with the oldest torch.
 test: venv
 	$(MAKE) lint
 	DDPM_QUICK=1 $(BIN)/pytest -q --ignore=tests/test_book_site.py
@@ -67,6 +67,7 @@ test: venv
 	$(MAKE) test-notebooks
 	$(MAKE) book
 	$(MAKE) book-check
+	$(MAKE) test-oldest
 
 # Every notebook in quick mode (nbval), with the time limits above; pytest names each notebook as
 # it starts it (tests/test_packaging.py runs this target on a notebook that hangs).
@@ -89,8 +90,9 @@ colab-check: venv
 # The unit tests (as in `make test`, with the same extras as .venv) with the oldest torch and
 # torchvision that pyproject.toml allows on Linux (constraints/oldest.txt) and the newest NumPy pip
 # picks beside them: the lower bounds are tested, not assumed. Its own venv under _build/ (about
-# 5 GB with torch's CUDA libraries; `make clean` removes it), so .venv is untouched. Not part of
-# `make test`; a hung test is stopped after OLDEST_TIMEOUT seconds with a message.
+# 5 GB with torch's CUDA libraries; `make clean` removes it), so .venv is untouched. The last
+# step of `make test` (so CI proves the bounds); a hung test is stopped after OLDEST_TIMEOUT
+# seconds with a message.
 OLDEST_VENV := _build/venv-oldest
 OLDEST_TIMEOUT ?= 1200
 OLDEST_WRAP := $(if $(shell command -v timeout),timeout --signal=INT --kill-after=60 $(OLDEST_TIMEOUT))
