@@ -20,6 +20,7 @@ import torch
 
 from .accel.distributed import DistInfo, barrier, cleanup, setup_distributed
 from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
+from .guidance import ClassifierFreeGuidance, num_classes_of
 from .nets import MODEL_TYPES
 from .samplers import ddim_sample, ddpm_sample
 from .training import RECIPES, RESUMABLE, TrainConfig, Trainer, diffusion_for, recipe
@@ -185,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--steps", type=_positive_int, help="DDIM steps (default 50; DDPM uses T)")
     sa.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic)")
     sa.add_argument("--n", type=_positive_int, default=64, help="number of samples")
+    sa.add_argument(
+        "--label", type=int,
+        help="class to sample (a class-conditional checkpoint, trained with --class-cond)",
+    )  # fmt: skip
+    sa.add_argument(
+        "--guidance", type=float, default=0.0,
+        help="classifier-free guidance weight w ≥ 0 with --label (0: the conditional model)",
+    )  # fmt: skip
     sa.add_argument("--out", type=Path, default=Path("samples.png"), help="output .png")
     sa.add_argument("--seed", type=int, default=0, help="random seed")
     sa.add_argument("--no-ema", action="store_true", help="use raw weights, not the EMA")
@@ -235,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", help="folder with <Name>/raw/...; default $DDPM_DATA_ROOT")
     ev.add_argument("--download", action="store_true", help="download the dataset if missing")
     ev.add_argument("--out", type=Path, help="write the results here as JSON")
+    ev.add_argument(
+        "--guidance",
+        help="comma list of guidance weights, e.g. 0,0.5,1,2,4,8: evaluate a class-conditional "
+        "checkpoint's accuracy and FD at each (with the first of --samplers)",
+    )
     ev.add_argument("--grids", type=Path, help="folder for a 64-sample PNG per sampler")
     ev.add_argument("--device", help=device_help)
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -487,10 +501,32 @@ def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--out must be a .png file, got {args.out}")
     if args.eta < 0:
         parser.error(f"--eta must be ≥ 0, got {args.eta}")
+    if not args.guidance >= 0 or args.guidance == float("inf"):
+        parser.error(f"--guidance must be a finite weight ≥ 0, got {args.guidance}")
+    if args.guidance > 0 and args.label is None:
+        parser.error("--guidance steers towards a class: give the class with --label")
     _check_out(args.out, "--out", parser)
     device = get_device(args.device)
     model, ckpt = load_model(args.checkpoint, use_ema=not args.no_ema, map_location=device)
     cfg = TrainConfig.from_dict(ckpt["config"])
+    if args.label is not None:
+        k = num_classes_of(model)
+        if k == 0:
+            parser.error(
+                f"--label: {args.checkpoint} is an unconditional model (trained without "
+                "--class-cond); leave --label and --guidance out, or use a class-conditional "
+                "checkpoint such as checkpoints/fashion_mnist_cond.pt"
+            )
+        if not 0 <= args.label < k:
+            parser.error(f"--label must be a class in 0..{k - 1}, got {args.label}")
+        if args.guidance > 0 and cfg.label_dropout == 0:
+            parser.error(
+                f"--guidance: {args.checkpoint} was trained with --label-dropout 0, so it has no "
+                "unconditional prediction to guide with; use --guidance 0"
+            )
+    net = model
+    if args.label is not None:
+        net = ClassifierFreeGuidance(model, args.label, args.guidance).to(device)
     diffusion = diffusion_for(ckpt["config"])
     steps = args.steps or (50 if args.sampler == "ddim" else cfg.num_timesteps)
     if args.sampler == "ddpm" and steps != cfg.num_timesteps:
@@ -509,11 +545,12 @@ def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     opts = dict(generator=gen, progress=not args.no_progress, clip_denoised=spec["type"] != "mlp")
     x_T = torch.randn(shape, device=device, generator=gen)
     if args.sampler == "ddpm":
-        x = ddpm_sample(diffusion, model, x_T, **opts)
+        x = ddpm_sample(diffusion, net, x_T, **opts)
     else:
-        x = ddim_sample(diffusion, model, x_T, steps, eta=args.eta, **opts)
+        x = ddim_sample(diffusion, net, x_T, steps, eta=args.eta, **opts)
     _save_samples(x.cpu(), args.out)
-    print(f"wrote {args.n} samples ({args.sampler}, {steps} steps) to {args.out}")
+    what = "" if args.label is None else f" of class {args.label} (guidance w = {args.guidance:g})"
+    print(f"wrote {args.n} samples{what} ({args.sampler}, {steps} steps) to {args.out}")
     return 0
 
 
@@ -607,11 +644,14 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if args.grids is not None:
         _check_out(args.grids, "--grids", parser, folder=True)
     start = time.perf_counter()
-    result = evaluate_checkpoint(
+    if args.guidance is not None:
+        result = _evaluate_guidance(args, parser, samplers[0])
+    else:
+        result = evaluate_checkpoint(
         args.checkpoint, args.n, samplers, args.elbo_n, args.classifier, args.batch_size,
         args.device, args.bf16, args.seed, args.data_root, args.grids, not args.no_progress,
         args.ode_n, args.ode_steps, args.download,
-    )  # fmt: skip
+        )  # fmt: skip
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
     result["command"] = "python -m ddpm_lib " + " ".join(args.argv)
     brief = {k: v for k, v in result.items() if k != "elbo"}
@@ -623,6 +663,24 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+def _evaluate_guidance(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, sampler: str
+) -> dict[str, Any]:
+    from .evaluation.guided import evaluate_guidance
+
+    try:
+        weights = tuple(float(w) for w in args.guidance.split(",") if w.strip())
+    except ValueError:
+        parser.error(f"--guidance takes a comma list of numbers, e.g. 0,1,4; got {args.guidance}")
+    if not weights or not all(0 <= w < float("inf") for w in weights):
+        parser.error(f"--guidance weights must be finite numbers ≥ 0, got {args.guidance}")
+    return evaluate_guidance(
+        args.checkpoint, weights, args.n, sampler, args.classifier, args.batch_size,
+        args.device, args.bf16, args.seed, args.data_root, args.grids, not args.no_progress,
+        args.download,
+    )  # fmt: skip
 
 
 # What Ctrl-C leaves behind, by command (train says it itself: see interrupted_message).

@@ -3,7 +3,8 @@
 Every density here is known in closed form, also after the forward process: x_t of a mixture is
 again a mixture (:meth:`GaussianMixture2D.noised`), whose exact score is what an ideal ε-model
 predicts (:class:`ddpm_lib.oracles.MixtureOracle`), and so is the exact reverse kernel
-q(x_s | x_t) (:meth:`GaussianMixture2D.reverse_kernel`, Chapter 3's 1-D example).
+q(x_s | x_t) (:meth:`GaussianMixture2D.reverse_kernel`, Chapter 3's 1-D example). Components may
+carry class labels (Chapter 8): then p(x | y), p(y | x) and their noised versions are exact too.
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ class GaussianMixture2D:
     ``means`` is float [K, d]; ``weights`` [K] (uniform if None) must be non-negative with a
     positive sum and are normalised to sum to 1. Computations run in the dtype of ``means``
     (float32 if it is an integer tensor); pass float64 means for exact comparisons.
+
+    ``labels`` [K] (optional, Chapter 8) gives each component a class in 0..C-1, every class
+    used: then y is the label of the component x was drawn from, p(x | y) is the mixture of
+    class y's components (:meth:`conditional`) and p(y | x) is exact (:meth:`class_log_posterior`).
     """
 
-    def __init__(self, means: Tensor, std: float, weights: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        means: Tensor,
+        std: float,
+        weights: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> None:
         means = torch.as_tensor(means)
         if not means.is_floating_point():
             means = means.to(torch.float32)
@@ -38,16 +49,76 @@ class GaussianMixture2D:
         if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"weights must be finite, non-negative, with positive sum: {w}")
         self.means, self.std, self.weights = means, float(std), w / w.sum()
+        self.labels: Tensor | None = None
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (k,) or labels.is_floating_point():
+                raise ValueError(f"labels must be integers of shape [{k}], got {labels}")
+            used = torch.unique(labels)
+            if used.min() < 0 or not torch.equal(used, torch.arange(len(used))):
+                raise ValueError(
+                    f"labels must use every class 0..C-1 at least once, got {labels.tolist()}"
+                )
+            self.labels = labels.long()
 
     @property
     def dim(self) -> int:
         return self.means.shape[1]
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` independent samples, [n, d] in the dtype of ``means``."""
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes (0 for an unlabelled mixture)."""
+        return 0 if self.labels is None else int(self.labels.max()) + 1
+
+    def _need_labels(self) -> Tensor:
+        if self.labels is None:
+            raise ValueError(
+                "this mixture has no class labels: build it with labels=[...] (one class per "
+                "component), e.g. labelled_gmm()"
+            )
+        return self.labels
+
+    def class_weights(self) -> Tensor:
+        """p(y) for y = 0..C-1, [C]: the summed weights of each class's components."""
+        labels = self._need_labels()
+        return torch.zeros(self.num_classes, dtype=self.weights.dtype).index_add_(
+            0, labels, self.weights
+        )
+
+    def conditional(self, y: int) -> GaussianMixture2D:
+        """p(x | y): the mixture of class ``y``'s components, their weights renormalised."""
+        labels = self._need_labels()
+        if not 0 <= y < self.num_classes:
+            raise ValueError(f"label y must lie in 0..{self.num_classes - 1}, got {y}")
+        keep = labels == y
+        return GaussianMixture2D(self.means[keep], self.std, self.weights[keep])
+
+    def class_log_posterior(self, x: Tensor) -> Tensor:
+        """log p(y | x) for x [n, d] and every class y, [n, C] (Bayes' rule over components)."""
+        labels = self._need_labels()
+        log_joint = self._log_joint(x)  # [n, K]
+        per_class = torch.stack(
+            [torch.logsumexp(log_joint[:, labels == c], dim=1) for c in range(self.num_classes)],
+            dim=1,
+        )
+        return per_class - torch.logsumexp(log_joint, dim=1, keepdim=True)
+
+    def sample_labelled(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``n`` pairs (x, y): points [n, d] and the labels [n] of the components drawn."""
+        labels = self._need_labels()
+        x, comp = self._draw(n, generator)
+        return x, labels[comp]
+
+    def _draw(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         noise = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)
-        return self.means[comp] + self.std * noise
+        return self.means[comp] + self.std * noise, comp
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` independent samples, [n, d] in the dtype of ``means``."""
+        return self._draw(n, generator)[0]
 
     def _log_joint(self, x: Tensor) -> Tensor:
         # [n, K]: log w_k + log N(x; mu_k, std^2 I)
@@ -85,7 +156,7 @@ class GaussianMixture2D:
         if not 0.0 <= alpha_bar <= 1.0:
             raise ValueError(f"alpha_bar must be in [0, 1], got {alpha_bar}")
         std = math.sqrt(alpha_bar * self.std**2 + 1.0 - alpha_bar)
-        return GaussianMixture2D(math.sqrt(alpha_bar) * self.means, std, self.weights)
+        return GaussianMixture2D(math.sqrt(alpha_bar) * self.means, std, self.weights, self.labels)
 
     def reverse_kernel(
         self, x_t: Tensor, alpha_bar_s: float, alpha_bar_t: float
@@ -135,3 +206,12 @@ def default_gmm(dtype: torch.dtype = torch.float32) -> GaussianMixture2D:
     angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = 2.0 * torch.stack([angles.cos(), angles.sin()], dim=1)
     return GaussianMixture2D(means.to(dtype), 0.15)
+
+
+def labelled_gmm(dtype: torch.dtype = torch.float32, std: float = 0.4) -> GaussianMixture2D:
+    """The book's eight means (:func:`default_gmm`) in four classes of two neighbours:
+    components 2c and 2c + 1 have label c (Chapter 8). The components are wider than the
+    unlabelled toy's (std 0.4 instead of 0.15), so neighbouring classes overlap and p(y | x)
+    is uncertain between them, as it is for real images."""
+    gmm = default_gmm(dtype)
+    return GaussianMixture2D(gmm.means, std, gmm.weights, torch.arange(8) // 2)

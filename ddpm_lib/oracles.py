@@ -8,7 +8,8 @@ ideal prediction E[ε | x_t] = -√(1-ᾱ_t) ∇ log q_t(x_t) (eq-ch4-tweedie).
   correct sampler must return x* (Chapter 4's "oracle" check).
 - :class:`GaussianOracle`: x_0 ~ N(m, s²) per coordinate; every step of the chain stays
   Gaussian, so sampler outputs have closed-form variances (errata E9).
-- :class:`MixtureOracle`: the book's 2-D Gaussian mixture (:mod:`ddpm_lib.mixture`).
+- :class:`MixtureOracle`: the book's 2-D Gaussian mixture (:mod:`ddpm_lib.mixture`), also
+  class-conditional; :class:`MixtureClassifier`: its exact noisy classifier (Chapter 8).
 """
 
 from __future__ import annotations
@@ -83,24 +84,62 @@ class GaussianOracle:
 
 class MixtureOracle:
     """The exact ε (eq-ch4-tweedie) for data from a :class:`GaussianMixture2D`, at any mix of
-    steps ``t``.
+    steps ``t``, and for a labelled mixture also given the class (Chapter 8).
 
     ε*(x_t, t) = -√(1-ᾱ_t) ∇ log q_t(x_t), with q_t the noised mixture
-    (:meth:`GaussianMixture2D.noised`). Computed in the mixture's dtype (float64 for exact
-    comparisons), returned in x_t's dtype.
+    (:meth:`GaussianMixture2D.noised`); with labels ``y`` [B] (or one int), ε*(x_t, t, y) =
+    -√(1-ᾱ_t) ∇ log q_t(x_t | y), the noised class-y mixture, and y = C (the number of classes)
+    is the null label ∅: the unconditional ε. Called like a class-conditional network.
+    Computed in the mixture's dtype (float64 for exact comparisons), returned in x_t's dtype.
     """
 
     def __init__(self, diffusion: GaussianDiffusion, mixture: GaussianMixture2D) -> None:
         self.diffusion, self.mixture = diffusion, mixture
+        self.num_classes = mixture.num_classes
+
+    def __call__(self, x_t: Tensor, t: Tensor, y: Tensor | int | None = None) -> Tensor:
+        t = self.diffusion.check_t(t, x_t).cpu()
+        k = self.num_classes
+        if y is None:
+            y = torch.full_like(t, k)
+        elif k == 0:
+            raise ValueError("labels given to the oracle of an unlabelled mixture")
+        y = torch.as_tensor(y).cpu().expand(len(t))
+        if y.min() < 0 or y.max() > k:
+            raise ValueError(f"labels must lie in 0..{k} ({k}: the null label), got {y.tolist()}")
+        out = torch.empty_like(x_t)
+        key = t * (k + 1) + y  # one group per (step, label)
+        order = torch.argsort(key)
+        present, counts = torch.unique_consecutive(key[order], return_counts=True)
+        for g, rows in zip(present.tolist(), torch.split(order, counts.tolist()), strict=True):
+            i, label = divmod(g, k + 1)
+            ab = self.diffusion.alphas_cumprod[i].item()
+            mix = self.mixture if label == k else self.mixture.conditional(label)
+            rows = rows.to(x_t.device)
+            score = mix.noised(ab).score(x_t[rows].to(mix.means.dtype))
+            out[rows] = (-math.sqrt(1 - ab) * score).to(x_t.dtype)
+        return out
+
+
+class MixtureClassifier:
+    """The exact noisy classifier of a labelled mixture: ``(x_t [B, d], t [B]) -> log q_t(y | x_t)``
+    [B, C], the class posterior of the noised mixture (Bayes' rule, Chapter 8). Classifier
+    guidance with it is exact; a trained noise-aware classifier approximates it."""
+
+    def __init__(self, diffusion: GaussianDiffusion, mixture: GaussianMixture2D) -> None:
+        if mixture.num_classes == 0:
+            raise ValueError("MixtureClassifier needs a labelled mixture (labels=[...])")
+        self.diffusion, self.mixture = diffusion, mixture
+        self.num_classes = mixture.num_classes
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         t = self.diffusion.check_t(t, x_t).cpu()
-        out = torch.empty_like(x_t)
+        out = torch.empty(len(t), self.mixture.num_classes, dtype=x_t.dtype, device=x_t.device)
         order = torch.argsort(t)
         present, counts = torch.unique_consecutive(t[order], return_counts=True)
         for i, rows in zip(present.tolist(), torch.split(order, counts.tolist()), strict=True):
             ab = self.diffusion.alphas_cumprod[i].item()
             rows = rows.to(x_t.device)
-            score = self.mixture.noised(ab).score(x_t[rows].to(self.mixture.means.dtype))
-            out[rows] = (-math.sqrt(1 - ab) * score).to(x_t.dtype)
+            noised = self.mixture.noised(ab)
+            out[rows] = noised.class_log_posterior(x_t[rows].to(noised.means.dtype)).to(out)
         return out

@@ -124,3 +124,33 @@ def test_ks_critical_value_is_c_alpha_over_root_n_and_the_two_sample_form():
     c = math.sqrt(-math.log(1e-3 / 2) / 2)  # 1.9495
     assert ks_critical_value(1e-3, 100) == pytest.approx(c / 10)
     assert ks_critical_value(1e-3, 100, 100) == pytest.approx(c * math.sqrt(2 / 100))
+
+
+def test_energy_distance_is_the_average_over_distinct_pairs():
+    from ddpm_lib.checks import energy_distance
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 2, generator=gen), torch.randn(5, 2, generator=gen) + 1
+
+    def pairs(x, y, same):
+        d = [(x[i] - y[j]).norm() for i in range(len(x)) for j in range(len(y))]
+        if same:
+            d = [(x[i] - x[j]).norm() for i in range(len(x)) for j in range(len(x)) if i != j]
+        return sum(d) / len(d)
+
+    want = 2 * pairs(a, b, False) - pairs(a, a, True) - pairs(b, b, True)
+    assert abs(energy_distance(a, b, chunk=3) - want.item()) < 1e-6
+
+
+def test_energy_distance_of_two_samples_of_one_law_averages_to_zero():
+    """Unbiased: over R independent pairs of samples of N(0, I), the mean estimate is within
+    5 standard errors (their spread / √R) of 0."""
+    from ddpm_lib.checks import energy_distance
+
+    gen = torch.Generator().manual_seed(1)
+    same = torch.tensor(
+        [energy_distance(torch.randn(50, 2, generator=gen), torch.randn(50, 2, generator=gen))
+         for _ in range(200)]
+    )  # fmt: skip
+    se = same.std() / len(same) ** 0.5
+    assert abs(same.mean()) < 5 * se

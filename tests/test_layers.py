@@ -29,6 +29,7 @@ ORDER = [
     "samplers",
     "sde",
     "oracles",
+    "guidance",  # steering a conditional model (Chapter 8)
     # data and pictures
     "data",
     "viz",
@@ -41,7 +42,7 @@ ORDER = [
     "cli",
     "__main__",
 ]
-MATHS = ORDER[1 : ORDER.index("oracles") + 1]
+MATHS = ORDER[1 : ORDER.index("guidance") + 1]
 
 
 def unit_of(module: str) -> str:

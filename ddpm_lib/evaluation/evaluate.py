@@ -32,6 +32,7 @@ from ..data import (
     toy_dataset,
 )
 from ..diffusion import GaussianDiffusion
+from ..guidance import ClassifierFreeGuidance, check_labels, num_classes_of
 from ..mixture import default_gmm
 from ..samplers import ddim_sample, ddpm_sample
 from ..sde import DiscreteVPSDE, eps_model_score_fn, ode_log_likelihood
@@ -227,12 +228,16 @@ def draw_samples(
     bf16: bool = False,
     seed: int = 0,
     progress: bool = True,
+    labels: Tensor | None = None,
+    guidance: float = 0.0,
 ) -> tuple[Tensor, float]:
     """``n`` samples [n, *sample_shape] (on the CPU) and the seconds they took.
 
     Images are clipped and rounded to the 8-bit grid, as the real images are. DDPM runs the
     graphed sampler of ``fast`` on CUDA (channels_last, compiled; the plain loop elsewhere);
-    DDIM uses η = 0.
+    DDIM uses η = 0. ``labels`` [n] (a class-conditional model only) asks sample i for class
+    ``labels[i]`` with classifier-free guidance of weight ``guidance``
+    (:class:`~ddpm_lib.guidance.ClassifierFreeGuidance`, Chapter 8).
     """
     kind, steps = parse_sampler(sampler)
     if kind == "ddpm" and steps != diffusion.num_timesteps:
@@ -241,10 +246,15 @@ def draw_samples(
         raise ValueError(f"{sampler}: DDIM takes at most T = {diffusion.num_timesteps} steps")
     device = torch.device(device)
     images = len(sample_shape) == 3
+    if labels is not None:
+        labels = check_labels(labels, num_classes_of(model), "draw_samples")
+        if labels.shape != (n,):
+            raise ValueError(f"draw_samples needs one label per sample, [{n}], got {labels.shape}")
     torch.manual_seed(seed)
     gen = torch.Generator(device).manual_seed(seed)
     out, start = [], time.perf_counter()
     graphed: GraphedSampler | None = None
+    guide: ClassifierFreeGuidance | None = None
     for i in range(0, n, batch_size):
         shape = (min(batch_size, n - i), *sample_shape)
         if kind == "ddpm" and device.type == "cuda":
@@ -252,18 +262,26 @@ def draw_samples(
             # outer autocast would keep its weight casts cached outside the graph.
             if graphed is None or tuple(graphed.x.shape) != shape:
                 net = prepare_model(model, channels_last=images, compile=True)
+                if labels is not None:  # the guide's labels are refilled in place below
+                    guide = ClassifierFreeGuidance(net, labels[i : i + shape[0]], guidance)
+                    net = guide.to(device)
                 graphed = GraphedSampler(
                     diffusion, net, shape, device=device, bf16=bf16, clip_denoised=images
                 )
+            if guide is not None:
+                guide.set_labels(labels[i : i + shape[0]])  # type: ignore[index]
             x = graphed.sample(progress=progress)
         else:
             x_T = torch.randn(shape, device=device, generator=gen)
             opts = dict(clip_denoised=images, generator=gen, progress=progress)
+            net = model
+            if labels is not None:
+                net = ClassifierFreeGuidance(model, labels[i : i + shape[0]], guidance).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 if kind == "ddpm":
-                    x = ddpm_sample(diffusion, model, x_T, **opts)
+                    x = ddpm_sample(diffusion, net, x_T, **opts)
                 else:
-                    x = ddim_sample(diffusion, model, x_T, steps, **opts)
+                    x = ddim_sample(diffusion, net, x_T, steps, **opts)
         x = x.float()
         out.append(to_model_range(from_model_range(x)).cpu() if images else x.cpu())
     if device.type == "cuda":

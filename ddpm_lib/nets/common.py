@@ -114,3 +114,53 @@ def check_time_input(t: Tensor | float, batch: int, device: torch.device, owner:
             f"pass one time step per item (shape [{batch}]) or a single 0-d tensor"
         )
     return t
+
+
+def check_num_classes(config: Any) -> None:
+    """``num_classes`` is 0 (unconditional) or the number of labels (the null label is extra)."""
+    k = config.num_classes
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ValueError(
+            f"{type(config).__name__}.num_classes must be 0 (unconditional) or the number of "
+            f"classes, got {k!r}: use e.g. 10 for Fashion-MNIST"
+        )
+
+
+def label_input(
+    y: Tensor | int | None, batch: int, num_classes: int, device: torch.device, owner: str
+) -> Tensor | None:
+    """The labels as an int64 [batch] tensor on ``device``; None (no label given) becomes the
+    null label ∅, whose index is ``num_classes`` (Chapter 8: one network for ε(x, y) and ε(x, ∅)).
+
+    An unconditional network (``num_classes == 0``) takes no labels and returns None. Labels on
+    the CPU are range-checked here; labels already on a GPU are trusted (reading them back would
+    stop every step, and a captured CUDA graph cannot), so the callers that make them
+    (:mod:`ddpm_lib.guidance`, the trainer, the command line) check them first.
+    """
+    if num_classes == 0:
+        if y is not None:
+            raise ValueError(
+                f"{owner} is unconditional (num_classes=0) but was given labels: drop y, or use "
+                "a network built with num_classes > 0 (train --class-cond)"
+            )
+        return None
+    if y is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    y = torch.as_tensor(y, device=device)
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"{owner} labels must be integers, got dtype {y.dtype}")
+    if y.ndim == 0:
+        y = y.expand(batch)
+    if y.shape != (batch,):
+        raise ValueError(
+            f"{owner} got labels of shape {tuple(y.shape)} for a batch of {batch}: pass one "
+            f"label per item (shape [{batch}]), a single int, or None for the null label"
+        )
+    # (Not while torch.compile traces: reading values back would split its graph.)
+    on_host = y.device.type == "cpu" and len(y) > 0 and not torch.compiler.is_compiling()
+    if on_host and not (0 <= int(y.min()) and int(y.max()) <= num_classes):
+        raise ValueError(
+            f"{owner} labels must lie in 0..{num_classes - 1} (or {num_classes}, the null label "
+            f"∅), got values from {int(y.min())} to {int(y.max())}"
+        )
+    return y.long()

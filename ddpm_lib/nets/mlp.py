@@ -8,7 +8,15 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import ConfigDict, check_positive, check_time_input, setting, timestep_embedding
+from .common import (
+    ConfigDict,
+    check_num_classes,
+    check_positive,
+    check_time_input,
+    label_input,
+    setting,
+    timestep_embedding,
+)
 
 
 @dataclass
@@ -19,10 +27,12 @@ class ToyMLPConfig(ConfigDict):
     hidden: int = setting(128, "MLP hidden width")
     num_layers: int = setting(3, "MLP hidden layers")
     time_embed_dim: int = setting(32, "MLP time-embedding width")
+    num_classes: int = setting(0, "class labels for conditioning (0: unconditional)")
 
     def validate(self) -> None:
         """Raise ``ValueError`` if any size is not a positive integer."""
         check_positive(self, "dim", "hidden", "num_layers", "time_embed_dim")
+        check_num_classes(self)
 
 
 class ToyMLP(nn.Module):
@@ -30,6 +40,8 @@ class ToyMLP(nn.Module):
 
     Each hidden layer computes ``silu(W h + U e(t))``: the sinusoidal embedding ``e(t)`` is
     added to every layer, which conditions on ``t`` far more strongly than feeding it once.
+    With ``num_classes = K > 0`` a learned vector of the label (K + 1 of them, the last for the
+    null label ∅) is added to ``e(t)``'s projection in the same way (Chapter 8).
     """
 
     def __init__(self, config: ToyMLPConfig):
@@ -45,9 +57,12 @@ class ToyMLP(nn.Module):
             nn.Linear(cfg.time_embed_dim, cfg.hidden) for _ in range(cfg.num_layers)
         )
         self.out = nn.Linear(cfg.hidden, cfg.dim)
+        if cfg.num_classes:
+            self.label_emb = nn.Embedding(cfg.num_classes + 1, cfg.time_embed_dim)
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Predict the noise in ``x`` [B, dim] at time steps ``t`` [B]; returns [B, dim]."""
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | int | None = None) -> Tensor:
+        """Predict the noise in ``x`` [B, dim] at time steps ``t`` [B], given labels ``y`` [B]
+        (class-conditional networks only; None: the null label); returns [B, dim]."""
         if x.ndim != 2 or x.shape[1] != self.config.dim:
             raise ValueError(
                 f"ToyMLP configured for points of dim {self.config.dim} got a tensor of shape "
@@ -56,6 +71,9 @@ class ToyMLP(nn.Module):
             )
         t = check_time_input(t, x.shape[0], x.device, "ToyMLP")
         emb = timestep_embedding(t, self.config.time_embed_dim).to(self.out.weight.dtype)
+        y = label_input(y, x.shape[0], self.config.num_classes, x.device, "ToyMLP")
+        if y is not None:
+            emb = emb + self.label_emb(y)
         h = x
         for layer, proj in zip(self.layers, self.time_proj, strict=True):
             h = F.silu(layer(h) + proj(emb))

@@ -1,7 +1,8 @@
 """The DDPM noise-prediction UNet of Ho et al. (2020), Chapter 4.
 
 ``UNet(config)(x_t [B, C, S, S], t [B]) -> [B, C, S, S]`` (twice the channels when a variance is
-learned as well); :data:`UNET_PRESETS` holds the book's sizes.
+learned as well); :data:`UNET_PRESETS` holds the book's sizes. With ``num_classes > 0`` it is
+class-conditional (Chapter 8): ``UNet(config)(x_t, t, y [B])``, ``y = None`` for the null label.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from torch import Tensor, nn
 from .common import (
     ConfigDict,
     check_image_batch,
+    check_num_classes,
     check_positive,
     check_time_input,
+    label_input,
     setting,
     timestep_embedding,
 )
@@ -42,6 +45,7 @@ class UNetConfig(ConfigDict):
     attn_resolutions: tuple[int, ...] = setting((14,), "attention resolutions, e.g. 14")
     dropout: float = setting(0.1, "dropout probability")
     num_groups: int = setting(32, "GroupNorm groups")
+    num_classes: int = setting(0, "class labels for conditioning (0: unconditional)")
 
     @property
     def resolutions(self) -> list[int]:
@@ -51,6 +55,7 @@ class UNetConfig(ConfigDict):
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistency and how to fix it."""
         check_positive(self, "image_size", "in_channels", "ch", "num_res_blocks", "num_groups")
+        check_num_classes(self)
         if self.out_channels is not None:
             check_positive(self, "out_channels")
         if len(self.ch_mult) == 0 or not all(isinstance(m, int) and m > 0 for m in self.ch_mult):
@@ -158,6 +163,11 @@ class UNet(nn.Module):
     ``mid_res1``, ``mid_attn``, ``mid_res2``; ``up`` (per level: ``num_res_blocks + 1``
     ResBlocks, each reading one skip tensor saved on the way down, last saved first used, then a
     nearest-neighbour upsampling and conv except at the top level); ``norm_out``, ``conv_out``.
+
+    Class-conditional (``num_classes = K > 0``, Chapter 8): ``label_emb`` holds K + 1 vectors of
+    size ``4 * ch``, the last one for the null label ∅; the label's vector is added to the time
+    code, so every ResBlock sees both (as in Ho & Salimans 2022). ``forward(x, t, y)`` takes
+    ``y`` [B] in 0..K-1, or K or None for ∅.
     """
 
     def __init__(self, config: UNetConfig):
@@ -174,6 +184,8 @@ class UNet(nn.Module):
             return AttnBlock(c, groups) if resolution in cfg.attn_resolutions else nn.Identity()
 
         self.temb = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        if cfg.num_classes:
+            self.label_emb = nn.Embedding(cfg.num_classes + 1, temb_dim)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         # Down path; skip_chs records the channels of every tensor pushed for the up path.
@@ -240,12 +252,16 @@ class UNet(nn.Module):
                 fix = f"UNET_PRESETS[{name!r}] or a UNetConfig"
         check_image_batch(x, (cfg.in_channels, cfg.image_size, cfg.image_size), "UNet", fix)
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Predict the noise in ``x`` [B, C, S, S] at time steps ``t`` [B]; same spatial shape."""
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | int | None = None) -> Tensor:
+        """Predict the noise in ``x`` [B, C, S, S] at time steps ``t`` [B], given labels ``y``
+        [B] (class-conditional networks only; None: the null label); same spatial shape."""
         self._check_x(x)
         t = check_time_input(t, x.shape[0], x.device, "UNet")
+        y = label_input(y, x.shape[0], self.config.num_classes, x.device, "UNet")
         temb = timestep_embedding(t, self.config.ch).to(self.conv_in.weight.dtype)
         temb = self.temb(temb)
+        if y is not None:
+            temb = temb + self.label_emb(y)
 
         hs = [self.conv_in(x)]
         for stage in self.down:

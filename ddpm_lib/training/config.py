@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..accel.graphs import GRAPHING_COMPILE_MODES
-from ..data import TOY_DATASETS, canonical_name
+from ..data import NUM_CLASSES, TOY_DATASETS, canonical_name
 from ..diffusion import MEAN_TYPES, GaussianDiffusion
 from ..learned_variance import LearnedRangeDiffusion
 from ..nets import model_config, resolve_spec
@@ -55,6 +55,14 @@ class TrainConfig:
         "reverse-step variance; learned_range: the network learns it on the hybrid loss "
         "(twice the output channels)",
         choices=VAR_TYPES,
+    )
+    class_cond: bool = _field(
+        False, "class-conditional: the network also reads the image's label (Chapter 8)"
+    )
+    label_dropout: float = _field(
+        0.1,
+        "with class_cond: the rate at which a label is replaced by the null label ∅, so the "
+        "same network also learns ε(x, ∅) (classifier-free guidance)",
     )
     steps: int = _field(10_000, "total optimizer steps", resumable=True)
     batch_size: int = _field(128, "images per step (the global batch under torchrun)")
@@ -118,6 +126,12 @@ class TrainConfig:
             raise ValueError(
                 f"time_limit must be a positive number of minutes, got {self.time_limit}"
             )
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(
+                f"label_dropout is a rate in [0, 1), got {self.label_dropout}: use e.g. 0.1 "
+                "(0 trains no unconditional model, so guidance cannot be used; 1 never trains "
+                "the conditional one)"
+            )
         if self.holdout < 0 or self.warmup < 0 or self.grad_clip < 0:
             raise ValueError("holdout, warmup and grad_clip must be non-negative")
         if self.cuda_graph and self.compile_mode in GRAPHING_COMPILE_MODES:
@@ -169,11 +183,19 @@ def resume_conflicts(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]
             continue
         a, b = saved[name], wanted[name]
         if name == "model":  # as the trainer builds them
-            a = resolve_spec(with_variance_channels(a, saved["var_type"]))
-            b = resolve_spec(with_variance_channels(b, wanted["var_type"]))
+            a, b = _as_built(a, saved), _as_built(b, wanted)
         if a != b:
             out.append(f"{name}: checkpoint has {a!r}, requested {b!r}")
     return out
+
+
+def _as_built(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A model spec as the trainer builds it from ``config``: variance channels added, the
+    image datasets' number of classes for a class-conditional run whose spec names none."""
+    spec = with_variance_channels(spec, config["var_type"])
+    if config.get("class_cond") and not getattr(model_config(spec), "num_classes", 0):
+        spec = {**spec, "num_classes": NUM_CLASSES}
+    return resolve_spec(spec)
 
 
 def with_variance_channels(spec: dict[str, Any], var_type: str) -> dict[str, Any]:
@@ -199,6 +221,25 @@ def with_variance_channels(spec: dict[str, Any], var_type: str) -> dict[str, Any
             f"(prediction and variance), got out_channels={cfg.out_channels}: drop it or set {want}"
         )
     return spec
+
+
+def with_num_classes(spec: dict[str, Any], class_cond: bool, num_classes: int) -> dict[str, Any]:
+    """``spec`` with ``num_classes`` set for a class-conditional run (0 otherwise), Chapter 8.
+
+    A spec that already names a number of classes must agree with the run.
+    """
+    want = num_classes if class_cond else 0
+    have = model_config(spec)
+    if not hasattr(have, "num_classes"):
+        if class_cond:
+            raise ValueError(f"model type {spec.get('type')!r} cannot be class-conditional")
+        return spec
+    if have.num_classes not in (0, want):
+        raise ValueError(
+            f"the model is built for num_classes={have.num_classes} but the run "
+            + (f"has {want} classes" if class_cond else "is unconditional: add --class-cond")
+        )
+    return {**spec, "num_classes": want} if want else spec
 
 
 def diffusion_for(config: dict[str, Any] | TrainConfig) -> GaussianDiffusion:

@@ -205,6 +205,10 @@ def load_or_train(
     reason = missing.reason
     quick = quick_mode()
     config = recipe(name, quick=quick).replace(download=download)
+    if get_device(str(device) if device is not None else None).type != "cuda":
+        # The GPU fast path's options (how the run goes, not what it trains) only slow a CPU:
+        # torch.compile takes minutes there and bf16 autocast is slower than float32.
+        config = config.replace(bf16=False, channels_last=False, compile=False, cuda_graph=False)
     scratch = tempfile.TemporaryDirectory(prefix=f"ddpm_{name}_") if quick else None
     out_dir = Path(scratch.name) if scratch else runs_dir() / name
     limit_s = 60 * config.time_limit if config.time_limit else math.inf

@@ -53,6 +53,13 @@ RECIPES: dict[str, TrainConfig] = {
         batch_size=512, lr=5e-4, warmup=1000, ema_decay=0.9995, cuda_graph=True,
         log_every=100, save_every=14_000, **_FAST,
     ),
+    # benchmarks/guidance.sh (Chapter 8): fashion_mnist_fast, class-conditional, labels dropped
+    # at rate 0.1 so that the same network learns ε(x, ∅) for classifier-free guidance.
+    "fashion_mnist_cond": TrainConfig(
+        dataset="fashion_mnist", model=_SMALL_UNET, class_cond=True, label_dropout=0.1,
+        steps=14_000, batch_size=512, lr=5e-4, warmup=1000, ema_decay=0.9995,
+        compile_mode="reduce-overhead", log_every=100, save_every=14_000, **_FAST,
+    ),
     # benchmarks/train_quality_model.sh: the 6.5M-parameter preset, 23 minutes on one H100.
     "fashion_mnist_large": TrainConfig(
         dataset="fashion_mnist", model={"type": "unet", "preset": "mnist"}, steps=1_000_000,

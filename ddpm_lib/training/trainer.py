@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..accel.distributed import all_mean, current, gather
 from ..accel.graphs import GRAPHING_COMPILE_MODES, GraphedStep
-from ..data import IMAGE_SHAPES, TOY_DATASETS, holdout_split, load_image_dataset
+from ..data import IMAGE_SHAPES, NUM_CLASSES, TOY_DATASETS, holdout_split, load_image_dataset
 from ..data import toy_dataset as make_toy_dataset
 from ..elbo import check_data_range
 from ..nets import build_model, model_config, model_spec
@@ -34,6 +34,7 @@ from .config import (
     TrainConfig,
     diffusion_for,
     resume_conflicts,
+    with_num_classes,
     with_variance_channels,
 )
 
@@ -44,15 +45,22 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def load_training_data(config: TrainConfig) -> tuple[Tensor, str]:
+def load_training_data(config: TrainConfig) -> tuple[Tensor, Tensor | None, str]:
     """The training set in model range: [N, C, H, W] images in [-1, 1] or [N, 2] points.
 
-    Returns the tensor and a one-line description of what it is (printed and stored).
+    Returns the tensor, the int64 labels [N] (None for the unlabelled 2-D toy sets) and a
+    one-line description of what it is (printed and stored).
     """
     name = config.dataset.lower()
     if name in TOY_DATASETS:
+        if config.class_cond:
+            raise ValueError(
+                f"class_cond needs labelled data, and the 2-D toy set {name!r} has no labels: "
+                "train on mnist, fashion_mnist or cifar10, or pass data and labels to Trainer"
+            )
         gen = torch.Generator().manual_seed(config.seed)
-        return make_toy_dataset(name, config.toy_size, gen), f"{config.toy_size} {name} points"
+        points = make_toy_dataset(name, config.toy_size, gen)
+        return points, None, f"{config.toy_size} {name} points"
     data = load_image_dataset(name, config.split, config.data_root, config.download)
     if config.holdout:
         keep, _ = holdout_split(len(data), config.holdout, seed=0)
@@ -60,7 +68,7 @@ def load_training_data(config: TrainConfig) -> tuple[Tensor, str]:
     note = f"{len(data)} images of {data.name} split {data.split!r} from {data.source}"
     if config.holdout:
         note += f" ({config.holdout} held out by holdout_split(seed=0))"
-    return data.to_model_range(), note
+    return data.to_model_range(), data.labels, note
 
 
 def _check_data_fits_model(data: Tensor, spec: dict[str, Any], dataset: str) -> None:
@@ -99,6 +107,7 @@ class Trainer:
         model: nn.Module | None = None,
         data: Tensor | None = None,
         device: str | torch.device | None = None,
+        labels: Tensor | None = None,
     ) -> None:
         config.validate()
         self.dist = current()
@@ -116,18 +125,29 @@ class Trainer:
                 f"({self.dist.world_size}): it is the global batch, split evenly"
             )
         self.local_batch = config.batch_size // self.dist.world_size
+        num_classes = NUM_CLASSES
         if data is None:
-            data, self.data_note = load_training_data(config)
+            data, labels, self.data_note = load_training_data(config)
         else:
             self.data_note = f"{len(data)} items given directly"
+            if labels is not None:
+                num_classes = int(labels.max()) + 1
         if model is None:
-            config = config.replace(model=with_variance_channels(config.model, config.var_type))
+            spec = with_variance_channels(config.model, config.var_type)
+            spec = with_num_classes(spec, config.class_cond, num_classes)
+            config = config.replace(model=spec)
+        self.labels: Tensor | None = None
+        self.null_label = 0
+        if config.class_cond:
+            self.labels, self.null_label = self._check_labels(labels, data, config, model)
         _check_data_fits_model(data, config.model, config.dataset)
         if config.var_type == "learned_range":  # the hybrid loss's decoder term reads [-1, 1]
             check_data_range(data, "training data for var_type='learned_range'")
         # A distributed sampler: rank r trains on the disjoint shard r, r + W, r + 2W, ...
         # Held on the device: MNIST-size sets fit, and batches are then gathered there.
         self.data = data[self.dist.rank :: self.dist.world_size].to(self.device)
+        if self.labels is not None:
+            self.labels = self.labels[self.dist.rank :: self.dist.world_size].to(self.device)
         torch.manual_seed(config.seed)
         self.model = (model or build_model(config.model)).to(self.device)
         if config.channels_last and self.data.ndim == 4:
@@ -166,6 +186,30 @@ class Trainer:
         self.graphed: GraphedStep | None = None
         if config.cuda_graph:
             self._capture_updates()
+
+    @staticmethod
+    def _check_labels(
+        labels: Tensor | None, data: Tensor, config: TrainConfig, model: nn.Module | None
+    ) -> tuple[Tensor, int]:
+        """The labels of a class-conditional run, checked, and the null label's index."""
+        num_classes = (
+            getattr(model.config, "num_classes", 0)
+            if model is not None and hasattr(model, "config")
+            else model_config(config.model).num_classes  # type: ignore[attr-defined]
+        )
+        if labels is None:
+            raise ValueError("class_cond needs one label per training item: pass labels=")
+        if labels.shape != (len(data),) or labels.is_floating_point():
+            raise ValueError(
+                f"labels must be integers of shape [{len(data)}], got {labels.dtype} "
+                f"{tuple(labels.shape)}"
+            )
+        if not num_classes or labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(
+                f"the labels run from {int(labels.min())} to {int(labels.max())}, but the network "
+                f"takes num_classes={num_classes}: build it with num_classes > every label"
+            )
+        return labels.long(), num_classes
 
     def _capture_updates(self) -> None:
         """Set up :meth:`update` as one CUDA graph: the learning rate and the EMA weight become
@@ -339,7 +383,9 @@ class Trainer:
     def update(self, ema_weight: float | Tensor, *, cache_casts: bool = True) -> Tensor:
         """Algorithm 1 (alg-ch4-training) once; returns the loss, detached. Chapter 4.
 
-        1. Draw a batch x_0 from the data (with replacement).
+        1. Draw a batch x_0 from the data (with replacement); for a class-conditional run, its
+           labels, each replaced by the null label ∅ with probability ``label_dropout``
+           (the loss is then eq-ch8-cond-loss, Chapter 8).
         2. Draw t and ε and take the loss of ``diffusion.training_loss`` (L_simple, or the
            hybrid loss for a learned variance).
         3. Backpropagate, clip the gradient norm, step AdamW.
@@ -354,13 +400,22 @@ class Trainer:
             len(self.data), (self.local_batch,), device=self.device, generator=self.data_gen
         )
         x0 = self.data[idx]
+        net = self.net
+        if self.labels is not None:  # labels dropped to ∅ at rate label_dropout (Chapter 8)
+            y = self.labels[idx]
+            drop = torch.rand(len(idx), device=self.device, generator=self.data_gen)
+            y = torch.where(drop < cfg.label_dropout, self.null_label, y)
+
+            def net(x_t: Tensor, t: Tensor) -> Tensor:
+                return self.net(x_t, t, y)
+
         self.model.train()
         if cfg.compile and cfg.compile_mode in GRAPHING_COMPILE_MODES:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration for CUDA-graph trees
         with torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16, cache_enabled=cache_casts
         ):
-            loss = self.diffusion.training_loss(self.net, x0, generator=self.noise_gen).mean()
+            loss = self.diffusion.training_loss(net, x0, generator=self.noise_gen).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
