@@ -9,7 +9,8 @@ Its layers, each importing only from those before it (``tests/test_layers.py`` c
    densities), ``diffusion`` (forward process, posterior, parameterizations, reverse step,
    L_simple; Ch. 1-4), ``elbo`` (the bound over the chain, Ch. 5), ``learned_variance``
    (Nichol & Dhariwal's hybrid loss), ``samplers`` (DDPM and DDIM, Ch. 4 and 7), ``sde``
-   (Ch. 6), ``oracles`` (exact ε-models).
+   (Ch. 6), ``oracles`` (exact ε-models), ``guidance`` (classifier and classifier-free
+   guidance, the tilted target; Ch. 8).
 3. ``data`` and ``viz``: datasets and pictures.
 4. ``nets``: the networks and their registry.
 5. ``accel``: CUDA graphs of the library's own functions, and multi-GPU training.
@@ -27,4 +28,4 @@ __all__ = [
     "get_beta_schedule",
     "linear_beta_schedule",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -63,7 +63,7 @@ import sys
 
 from packaging.version import Version
 
-NEEDS = Version("0.1.0")  # the ddpm_lib version this notebook was written for
+NEEDS = Version("0.2.0")  # the ddpm_lib version this notebook was written for
 try:
     have = Version(importlib.metadata.version("ddpm_lib"))
 except importlib.metadata.PackageNotFoundError:
