@@ -10,7 +10,7 @@ Its layers, each importing only from those before it (``tests/test_layers.py`` c
    L_simple; Ch. 1-4), ``elbo`` (the bound over the chain, Ch. 5), ``learned_variance``
    (Nichol & Dhariwal's hybrid loss), ``samplers`` (DDPM and DDIM, Ch. 4 and 7), ``sde``
    (Ch. 6), ``oracles`` (exact ε-models), ``guidance`` (classifier and classifier-free
-   guidance, the tilted target; Ch. 8).
+   guidance, the tilted target; Ch. 8), ``flow`` (flow matching: paths, velocities, the loss).
 3. ``data`` and ``viz``: datasets and pictures.
 4. ``nets``: the networks and their registry.
 5. ``accel``: CUDA graphs of the library's own functions, and multi-GPU training.

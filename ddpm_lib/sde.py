@@ -280,6 +280,43 @@ def _report(
         callback(SamplerStep(k, x, tweedie_denoise(sde, score_fn, x, t), new))
 
 
+ODE_METHODS = ("euler", "heun")
+
+
+def check_ode_method(method: str) -> None:
+    if method not in ODE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; choose 'euler' or 'heun'")
+
+
+def ode_step(
+    velocity: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    t: float,
+    t_next: float,
+    method: str = "heun",
+) -> Tensor:
+    """One step of dx/dt = velocity(x, t) from time ``t`` to ``t_next`` (either direction).
+
+    Chapter 6; the probability-flow ODE and the flow-matching samplers (Chapter 9) both take
+    their steps here. "euler": x + d₁ h with d₁ = velocity(x, t), h = t_next - t (first order,
+    one call); "heun": x + ½(d₁ + d₂) h with d₂ = velocity(x + d₁ h, t_next) (second order, two
+    calls). ``velocity`` receives t as a [B] tensor in x's dtype.
+    """
+    check_ode_method(method)
+
+    def at(value: float) -> Tensor:  # t = 0 (the data end of a flow) is not marked positive
+        if value > 0:
+            return _times(value, x)
+        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+
+    h = t_next - t
+    d1 = velocity(x, at(t))
+    new = x + d1 * h
+    if method == "heun":
+        new = x + 0.5 * (d1 + velocity(new, at(t_next))) * h
+    return new
+
+
 @torch.no_grad()
 def euler_maruyama_sample(
     sde: SDE,
@@ -342,18 +379,17 @@ def probability_flow_sample(
        x ← x + ½(d₁ + F(x', t + dt)) dt; Euler keeps x ← x'.
     3. With ``denoise``, return Tweedie's E[x_0 | x_{t_end}]; else x.
     """
-    if method not in ("euler", "heun"):
-        raise ValueError(f"unknown ODE method {method!r}; choose 'euler' or 'heun'")
+    check_ode_method(method)
     grid = _time_grid(steps, t_end)
     x = x_1.clone()
     ode = sde.reverse(score_fn, probability_flow=True)
+
+    def velocity(x: Tensor, t: Tensor) -> Tensor:
+        return ode.sde(x, t)[0]
+
     for k in tqdm(range(steps), desc=f"probability-flow ODE ({method})", disable=not progress):
         t = _times(float(grid[k]), x)
-        dt = float(grid[k + 1] - grid[k])
-        d1 = ode.sde(x, t)[0]
-        new = x + d1 * dt
-        if method == "heun":
-            new = x + 0.5 * (d1 + ode.sde(new, _times(float(grid[k + 1]), x))[0]) * dt
+        new = ode_step(velocity, x, float(grid[k]), float(grid[k + 1]), method)
         _report(callback, sde, score_fn, k, x, t, new)
         x = new
     return _finish(sde, score_fn, x, t_end, denoise)

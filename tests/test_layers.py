@@ -30,6 +30,7 @@ ORDER = [
     "sde",
     "oracles",
     "guidance",  # steering a conditional model (Chapter 8)
+    "flow",  # flow matching (Chapter 9)
     # data and pictures
     "data",
     "viz",
@@ -42,7 +43,7 @@ ORDER = [
     "cli",
     "__main__",
 ]
-MATHS = ORDER[1 : ORDER.index("guidance") + 1]
+MATHS = ORDER[1 : ORDER.index("flow") + 1]
 
 
 def unit_of(module: str) -> str:
