@@ -182,8 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sa = command("sample", "draw samples from a checkpoint into an image grid")
     sa.add_argument("--checkpoint", type=Path, required=True, help="a .pt from train/export")
-    sa.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="sampler")
-    sa.add_argument("--steps", type=_positive_int, help="DDIM steps (default 50; DDPM uses T)")
+    sa.add_argument(
+        "--sampler", choices=["ddpm", "ddim", "euler", "heun"],
+        help="ddpm or ddim for a diffusion model (default ddpm); euler or heun integrate a "
+        "flow-matching model's ODE (default euler)",
+    )  # fmt: skip
+    sa.add_argument(
+        "--steps", type=_positive_int,
+        help="DDIM or ODE steps (default 50; DDPM uses T)",
+    )  # fmt: skip
     sa.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic)")
     sa.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     sa.add_argument(
@@ -528,10 +535,24 @@ def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.label is not None:
         net = ClassifierFreeGuidance(model, args.label, args.guidance).to(device)
     diffusion = diffusion_for(ckpt["config"])
-    steps = args.steps or (50 if args.sampler == "ddim" else cfg.num_timesteps)
+    flow = cfg.objective == "flow"
+    args.sampler = args.sampler or ("euler" if flow else "ddpm")
+    if flow and args.sampler in ("ddpm", "ddim"):
+        parser.error(
+            f"--sampler {args.sampler}: {args.checkpoint} is a flow-matching model (it predicts "
+            "a velocity, not the noise), so there is no ancestral or DDIM step to take; use "
+            "--sampler euler or heun, which integrate its ODE"
+        )
+    if not flow and args.sampler in ("euler", "heun"):
+        parser.error(
+            f"--sampler {args.sampler} integrates a flow-matching model's velocity, and "
+            f"{args.checkpoint} is a diffusion model: use --sampler ddim (with η = 0 it is "
+            "Euler's method on its probability-flow ODE, Chapter 7) or ddpm"
+        )
+    steps = args.steps or (cfg.num_timesteps if args.sampler == "ddpm" else 50)
     if args.sampler == "ddpm" and steps != cfg.num_timesteps:
         parser.error(f"--sampler ddpm runs all T = {cfg.num_timesteps} steps; use ddim for fewer")
-    if steps > cfg.num_timesteps:
+    if not flow and steps > cfg.num_timesteps:
         parser.error(f"--steps must be at most T = {cfg.num_timesteps}, got {steps}")
     gen = seed_everything(args.seed)
     gen = torch.Generator(device).manual_seed(args.seed) if device.type != "cpu" else gen
@@ -544,7 +565,11 @@ def cmd_sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     # x̂_0 is clipped to the data range [-1, 1] for images only; toy points are unbounded.
     opts = dict(generator=gen, progress=not args.no_progress, clip_denoised=spec["type"] != "mlp")
     x_T = torch.randn(shape, device=device, generator=gen)
-    if args.sampler == "ddpm":
+    if flow:
+        x = diffusion.sample(net, x_T, steps, method=args.sampler)
+        if opts["clip_denoised"]:
+            x = x.clamp(-1.0, 1.0)
+    elif args.sampler == "ddpm":
         x = ddpm_sample(diffusion, net, x_T, **opts)
     else:
         x = ddim_sample(diffusion, net, x_T, steps, eta=args.eta, **opts)

@@ -238,3 +238,46 @@ def gaussian_flow_map(mean: float, std: float, path: Path, x_1: Tensor, t: float
     a, s = path.alpha(tt), path.sigma(tt)
     r = (a**2 * std**2 + s**2).sqrt()
     return (a[0] * mean + (r[0] / r[1]) * (x_1 - a[1] * mean)).to(x_1.dtype)
+
+
+class FlowMatching:
+    """A flow-matching model's process: a path and the network's time scale (Chapter 9).
+
+    The network is called as ``model(x_t, time_scale · t)``: the book's networks embed their
+    time input like a diffusion step index (0..T-1), so t ∈ [0, 1] is stretched to that range.
+    :meth:`training_loss` has the signature of ``GaussianDiffusion.training_loss``, so the
+    trainer runs either; :meth:`velocity` turns the network into the velocity that
+    :func:`flow_sample` integrates.
+    """
+
+    def __init__(self, path: Path | None = None, time_scale: float = 1000.0) -> None:
+        self.path = path or LinearPath()
+        self.time_scale = float(time_scale)
+
+    def velocity(self, model: Callable[..., Tensor]) -> Velocity:
+        """v_θ(x, t) = model(x, time_scale · t)."""
+
+        def v(x: Tensor, t: Tensor) -> Tensor:
+            return model(x, self.time_scale * t)
+
+        return v
+
+    def training_loss(
+        self,
+        model: Callable[..., Tensor],
+        x0: Tensor,
+        *,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The flow-matching loss per example, [B] (:meth:`Path.training_loss`)."""
+        return self.path.training_loss(
+            self.velocity(model), x0, t=t, noise=noise, generator=generator
+        )
+
+    def sample(
+        self, model: Callable[..., Tensor], x_1: Tensor, steps: int = 50, *, method: str = "euler"
+    ) -> Tensor:
+        """x_0 from the noise ``x_1`` by :func:`flow_sample` (``steps`` steps of ``method``)."""
+        return flow_sample(self.velocity(model), x_1, steps, method=method)

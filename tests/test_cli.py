@@ -84,7 +84,7 @@ def test_export_writes_a_release_checkpoint(toy_run, tmp_path, capsys):
         (["train", "--schedule", "quadratic"], "invalid choice"),
         (["train", "--ch-mult", "1,x"], "integers separated by commas"),
         (["sample"], "--checkpoint"),
-        (["sample", "--checkpoint", "c.pt", "--sampler", "euler"], "invalid choice"),
+        (["sample", "--checkpoint", "c.pt", "--sampler", "rk4"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
     ],
 )

@@ -325,6 +325,11 @@ def evaluate_checkpoint(
     device = get_device(str(device) if device is not None else None)
     model, ckpt = load_model(checkpoint, map_location=device)
     config, diffusion = ckpt["config"], diffusion_for(ckpt["config"])
+    if not isinstance(diffusion, GaussianDiffusion):
+        raise ValueError(
+            f"{checkpoint} is a flow-matching model; evaluate measures diffusion models only "
+            "so far (sample it with `python -m ddpm_lib sample --sampler heun`)"
+        )
     toy = config["dataset"] in TOY_DATASETS
     # The classifier first: a missing one is reported before the data is read.
     classifier_path = None if toy else (classifier or find_classifier(config["dataset"]))

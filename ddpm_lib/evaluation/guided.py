@@ -83,6 +83,9 @@ def evaluate_guidance(
     device = get_device(str(device) if device is not None else None)
     model, ckpt = load_model(checkpoint, map_location=device)
     config, diffusion = ckpt["config"], diffusion_for(ckpt["config"])
+    if config.get("objective", "diffusion") != "diffusion":
+        raise ValueError(f"{checkpoint} is a flow-matching model; evaluate --guidance takes "
+                         "diffusion models only so far")  # fmt: skip
     num_classes = num_classes_of(model)
     check_labels(0, num_classes, "evaluate --guidance")  # an unconditional model stops here
     check_guidance_weights(tuple(weights), config)

@@ -15,11 +15,13 @@ from typing import Any
 from ..accel.graphs import GRAPHING_COMPILE_MODES
 from ..data import NUM_CLASSES, TOY_DATASETS, canonical_name
 from ..diffusion import MEAN_TYPES, GaussianDiffusion
+from ..flow import FlowMatching, LinearPath
 from ..learned_variance import LearnedRangeDiffusion
 from ..nets import model_config, resolve_spec
 from ..schedules import SCHEDULES, get_beta_schedule
 
 VAR_TYPES = LearnedRangeDiffusion.var_types
+OBJECTIVES = ("diffusion", "flow")
 
 
 def _field(default: Any, help: str, *, resumable: bool = False, **argparse: Any) -> Any:
@@ -49,6 +51,12 @@ class TrainConfig:
     )
     schedule: str = _field("linear", "β schedule", choices=tuple(sorted(SCHEDULES)))
     num_timesteps: int = _field(1000, "T, the number of diffusion steps")
+    objective: str = _field(
+        "diffusion",
+        "diffusion: DDPM's ε-regression (Chapters 4-7); flow: flow matching on the linear path, "
+        "the network predicts a velocity (Chapter 9)",
+        choices=OBJECTIVES,
+    )
     mean_type: str = _field("eps", "what the network predicts", choices=MEAN_TYPES)
     var_type: str = _field(
         "fixed_small",
@@ -113,10 +121,16 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
-        for name in ("split", "schedule", "mean_type", "var_type"):
+        for name in ("split", "objective", "schedule", "mean_type", "var_type"):
             choices = fields()[name].metadata["argparse"]["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.objective == "flow" and (self.mean_type, self.var_type) != ("eps", "fixed_small"):
+            raise ValueError(
+                "objective='flow' trains a velocity on the linear path: mean_type and var_type "
+                f"belong to the diffusion objective; leave them at their defaults (got "
+                f"{self.mean_type!r}, {self.var_type!r})"
+            )
         if self.var_type == "learned_range" and self.dataset.lower() in TOY_DATASETS:
             raise ValueError(
                 "var_type='learned_range' trains on the hybrid loss, whose decoder term L_0 is a "
@@ -242,14 +256,18 @@ def with_num_classes(spec: dict[str, Any], class_cond: bool, num_classes: int) -
     return {**spec, "num_classes": want} if want else spec
 
 
-def diffusion_for(config: dict[str, Any] | TrainConfig) -> GaussianDiffusion:
+def diffusion_for(config: dict[str, Any] | TrainConfig) -> GaussianDiffusion | FlowMatching:
     """The diffusion a training config describes (schedule, T, parameterization, variance).
 
     A learned variance gives a :class:`~ddpm_lib.learned_variance.LearnedRangeDiffusion`;
-    configs written before ``var_type`` existed mean the fixed posterior variance.
+    configs written before ``var_type`` existed mean the fixed posterior variance. The flow
+    objective gives a :class:`~ddpm_lib.flow.FlowMatching` on the linear path, whose network
+    time input spans 0..T like a diffusion model's.
     """
     if isinstance(config, TrainConfig):
         config = config.to_dict()
+    if config.get("objective", "diffusion") == "flow":
+        return FlowMatching(LinearPath(), time_scale=config["num_timesteps"])
     betas = get_beta_schedule(config["schedule"], config["num_timesteps"])
     var_type = config.get("var_type", "fixed_small")
     cls = LearnedRangeDiffusion if var_type == "learned_range" else GaussianDiffusion
