@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint's accuracy and FD at each (with the first of --samplers)",
     )
     ev.add_argument("--grids", type=Path, help="folder for a 64-sample PNG per sampler")
+    ev.add_argument(
+        "--no-ladder", action="store_true",
+        help="skip the calibration ladder (the floor set's FD after known damage)",
+    )  # fmt: skip
     ev.add_argument("--device", help=device_help)
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.commands = {  # type: ignore[attr-defined]
@@ -675,7 +679,7 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         result = evaluate_checkpoint(
         args.checkpoint, args.n, samplers, args.elbo_n, args.classifier, args.batch_size,
         args.device, args.bf16, args.seed, args.data_root, args.grids, not args.no_progress,
-        args.ode_n, args.ode_steps, args.download,
+        args.ode_n, args.ode_steps, args.download, not args.no_ladder,
         )  # fmt: skip
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
     result["command"] = "python -m ddpm_lib " + " ".join(args.argv)

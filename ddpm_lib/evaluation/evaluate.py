@@ -46,6 +46,7 @@ from ..training.checkpoint import (
 from ..training.config import diffusion_for
 from ..training.pretrained import checkpoint_candidates, download_checkpoint
 from ..utils import get_device
+from .ladder import calibration_ladder, place_on_ladder
 from .metrics import (
     FeatureNet,
     elbo_summary,
@@ -308,8 +309,13 @@ def evaluate_checkpoint(
     ode_n: int = 0,
     ode_steps: int = 100,
     download: bool = False,
+    ladder: bool = True,
 ) -> dict[str, Any]:
     """FD (with floor and n), precision/recall per sampler, and the ELBO of a checkpoint.
+
+    For images, ``ladder`` adds the calibration ladder (:mod:`~ddpm_lib.evaluation.ladder`: the
+    FD of the floor set after known damage, at the same n) and says between which rungs each
+    sampler's FD falls.
 
     ``ode_n`` > 0 adds the probability-flow-ODE likelihood of that many held-out images (bits/dim)
     or, for the Gaussian-mixture toy, fresh points (nats, beside their exact log-density).
@@ -361,6 +367,10 @@ def evaluate_checkpoint(
     floor_f = feats(sets["floor"])
     floor_fd = frechet_distance_features(floor_f, ref_f)
     result["floor"] = {"fd": floor_fd, **precision_recall(ref_f, floor_f)}
+    rungs = None
+    if ladder and not toy:
+        rungs = calibration_ladder(sets["floor"], ref_f, feats, seed=seed)
+        result["ladder"] = rungs
     sample_shape = tuple(sets["reference"].shape[1:])
     result["samplers"] = {}
     for name in samplers:
@@ -376,13 +386,16 @@ def evaluate_checkpoint(
             "network_evaluations": parse_sampler(name)[1],
             "seconds": round(seconds, 1),
         }
+        where = "" if rungs is None else f"; {place_on_ladder(fd, rungs)}"
+        if rungs is not None:
+            result["samplers"][name]["ladder"] = where[2:]
         if grids is not None and not toy:
             from ..viz import save_grid
 
             Path(grids).mkdir(parents=True, exist_ok=True)
             save_grid(x[:64], Path(grids) / f"{Path(checkpoint).stem}_{name}.png")
         if progress:
-            print(f"{name}: FD {fd:.3f} (floor {floor_fd:.3f}) at n = {n}, {seconds:.1f} s")
+            print(f"{name}: FD {fd:.3f} (floor {floor_fd:.3f}) at n = {n}, {seconds:.1f} s{where}")
     if sets["heldout"] is not None and elbo_n > 0:
         held = sets["heldout"]
         pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed))[:elbo_n]
