@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--samplers",
         default="ddpm-1000,ddim-100,ddim-50",
-        help="comma list of ddpm-T / ddim-K",
+        help="comma list of ddpm-T / ddim-K / euler-K / heun-K (the last two: a model's ODE)",
     )
     ev.add_argument(
         "--elbo-n", type=int, default=1000, help="held-out images for the ELBO (0: skip)"

@@ -21,8 +21,16 @@ from collections.abc import Callable
 
 import torch
 
+from .diffusion import GaussianDiffusion
 from .mixture import GaussianMixture2D
-from .sde import VPSDE, check_ode_method, ode_step
+from .sde import (
+    VPSDE,
+    DiscreteVPSDE,
+    check_ode_method,
+    eps_model_score_fn,
+    ode_step,
+    probability_flow_sample,
+)
 
 Tensor = torch.Tensor
 Velocity = Callable[[Tensor, Tensor], Tensor]  # (x_t [B, ...], t [B] in [0, 1]) -> shaped like x_t
@@ -281,3 +289,37 @@ class FlowMatching:
     ) -> Tensor:
         """x_0 from the noise ``x_1`` by :func:`flow_sample` (``steps`` steps of ``method``)."""
         return flow_sample(self.velocity(model), x_1, steps, method=method)
+
+
+def ode_sample(
+    process: FlowMatching | GaussianDiffusion,
+    model: Callable[..., Tensor],
+    x_1: Tensor,
+    steps: int,
+    method: str = "euler",
+) -> Tensor:
+    """Sample either kind of model by its ODE, ``steps`` steps of Euler or Heun from the noise.
+
+    A flow-matching model integrates its own velocity (:meth:`FlowMatching.sample`). A diffusion
+    model integrates its probability-flow ODE (Chapter 6: the VP path's velocity from its ε,
+    :func:`~ddpm_lib.sde.probability_flow_sample`) from t = 1 to t = 1/T, then takes Tweedie's
+    x̂_0: one more network call. :func:`ode_network_evaluations` counts the calls.
+    """
+    if isinstance(process, FlowMatching):
+        return process.sample(model, x_1, steps, method=method)
+    T = process.num_timesteps
+    sde = DiscreteVPSDE(process.betas)
+    score = eps_model_score_fn(sde, process.mean_model(model), T)
+    return probability_flow_sample(
+        sde, score, x_1, steps, method=method, t_end=1.0 / T, denoise=True, progress=False
+    )
+
+
+def ode_network_evaluations(
+    process: FlowMatching | GaussianDiffusion, steps: int, method: str
+) -> int:
+    """Network calls of :func:`ode_sample`: one (Euler) or two (Heun) per step, plus Tweedie's
+    final call for a diffusion model."""
+    check_ode_method(method)
+    calls = steps * (1 if method == "euler" else 2)
+    return calls if isinstance(process, FlowMatching) else calls + 1

@@ -27,15 +27,21 @@ MNIST_CONFIG = {"dataset": "mnist", "split": "test", "holdout": 1000}
 
 @pytest.mark.parametrize(
     "text, parsed",
-    [("ddpm-1000", ("ddpm", 1000)), ("DDIM-50", ("ddim", 50)), (" ddim-7", ("ddim", 7))],
+    [
+        ("ddpm-1000", ("ddpm", 1000)),
+        ("DDIM-50", ("ddim", 50)),
+        (" ddim-7", ("ddim", 7)),
+        ("euler-10", ("euler", 10)),
+        ("heun-4", ("heun", 4)),
+    ],
 )
 def test_sampler_names_parse_to_kind_and_steps(text, parsed):
     assert parse_sampler(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["ddim", "ddim-0", "ddim-x", "euler-10", "ddpm--5"])
+@pytest.mark.parametrize("text", ["ddim", "ddim-0", "ddim-x", "rk4-10", "ddpm--5"])
 def test_bad_sampler_names_are_refused_with_the_format(text):
-    with pytest.raises(ValueError, match="ddpm-T or ddim-K"):
+    with pytest.raises(ValueError, match="ddpm-T, ddim-K, euler-K or heun-K"):
         parse_sampler(text)
 
 
@@ -124,8 +130,8 @@ def test_metric_commands_have_help(command, capsys):
 
 def test_evaluate_refuses_an_unknown_sampler(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--checkpoint", "x.pt", "--samplers", "ddim-50,heun-10"])
-    assert exc.value.code == 2 and "ddpm-T or ddim-K" in capsys.readouterr().err
+        main(["evaluate", "--checkpoint", "x.pt", "--samplers", "ddim-50,rk4-10"])
+    assert exc.value.code == 2 and "ddpm-T, ddim-K, euler-K" in capsys.readouterr().err
 
 
 def test_evaluate_without_a_classifier_says_how_to_train_one(tmp_path, monkeypatch, capsys):

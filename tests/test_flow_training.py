@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -130,6 +131,25 @@ def test_a_sampler_of_the_other_objective_is_a_usage_error(
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_evaluate_says_it_does_not_take_flow_models_yet(runs, capsys):
+def test_evaluate_measures_a_flow_model_by_its_ode_and_refuses_diffusion_samplers(
+    runs, tmp_path, capsys
+):
     assert main(["evaluate", "--checkpoint", str(runs["flow"]), "--n", "8", "--no-progress"]) == 1
-    assert "is a flow-matching model" in capsys.readouterr().err
+    assert "evaluate it with its ODE" in capsys.readouterr().err
+    out = tmp_path / "flow.json"
+    args = ["evaluate", "--checkpoint", str(runs["flow"]), "--n", "8", "--samplers"]
+    assert main([*args, "euler-4,heun-2", "--out", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert {k: v["network_evaluations"] for k, v in result["samplers"].items()} == {
+        "euler-4": 4,
+        "heun-2": 4,
+    }
+    assert "no likelihood" in result["likelihood"] and "elbo" not in result
+
+
+def test_a_diffusion_model_is_evaluated_by_its_probability_flow_ode_too(runs, tmp_path):
+    """Heun with K steps costs 2K calls, plus Tweedie's last one."""
+    out = tmp_path / "ddpm.json"
+    args = ["evaluate", "--checkpoint", str(runs["ddpm"]), "--n", "8", "--samplers", "heun-3"]
+    assert main([*args, "--elbo-n", "0", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["samplers"]["heun-3"]["network_evaluations"] == 7

@@ -32,6 +32,7 @@ from ..data import (
     toy_dataset,
 )
 from ..diffusion import GaussianDiffusion
+from ..flow import FlowMatching, ode_network_evaluations, ode_sample
 from ..guidance import ClassifierFreeGuidance, check_labels, num_classes_of
 from ..mixture import default_gmm
 from ..samplers import ddim_sample, ddpm_sample
@@ -59,15 +60,27 @@ from .metrics import (
 Tensor = torch.Tensor
 
 
+SAMPLER_KINDS = ("ddpm", "ddim", "euler", "heun")
+
+
 def parse_sampler(text: str) -> tuple[str, int]:
-    """ "ddpm-1000" → ("ddpm", 1000); "ddim-50" → ("ddim", 50)."""
+    """ "ddpm-1000" → ("ddpm", 1000); "ddim-50" → ("ddim", 50); "euler-K", "heun-K": K steps of
+    a model's ODE (:func:`~ddpm_lib.flow.ode_sample`, flow-matching or diffusion)."""
     kind, _, steps = text.strip().lower().partition("-")
-    if kind not in ("ddpm", "ddim") or not steps.isdigit() or int(steps) <= 0:
+    if kind not in SAMPLER_KINDS or not steps.isdigit() or int(steps) <= 0:
         raise ValueError(
-            f"unknown sampler {text!r}: write ddpm-T or ddim-K with K a positive step count, "
-            "e.g. ddpm-1000,ddim-100,ddim-50"
+            f"unknown sampler {text!r}: write ddpm-T, ddim-K, euler-K or heun-K with K a "
+            "positive step count, e.g. ddpm-1000,ddim-100,heun-20"
         )
     return kind, int(steps)
+
+
+def network_evaluations(process: GaussianDiffusion | FlowMatching, sampler: str) -> int:
+    """How many network calls one sample of ``sampler`` costs (guidance doubles them)."""
+    kind, steps = parse_sampler(sampler)
+    if kind in ("euler", "heun"):
+        return ode_network_evaluations(process, steps, kind)
+    return steps
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -241,9 +254,12 @@ def draw_samples(
     (:class:`~ddpm_lib.guidance.ClassifierFreeGuidance`, Chapter 8).
     """
     kind, steps = parse_sampler(sampler)
+    flow = isinstance(diffusion, FlowMatching)
+    if flow and kind in ("ddpm", "ddim"):
+        raise ValueError(f"{sampler}: a flow-matching model is sampled by its ODE: euler-K, heun-K")
     if kind == "ddpm" and steps != diffusion.num_timesteps:
         raise ValueError(f"{sampler}: DDPM runs all T = {diffusion.num_timesteps} steps")
-    if kind == "ddim" and steps > diffusion.num_timesteps:
+    if kind == "ddim" and steps > diffusion.num_timesteps:  # type: ignore[union-attr]
         raise ValueError(f"{sampler}: DDIM takes at most T = {diffusion.num_timesteps} steps")
     device = torch.device(device)
     images = len(sample_shape) == 3
@@ -279,7 +295,10 @@ def draw_samples(
             if labels is not None:
                 net = ClassifierFreeGuidance(model, labels[i : i + shape[0]], guidance).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                if kind == "ddpm":
+                if kind in ("euler", "heun"):
+                    x = ode_sample(diffusion, net, x_T, steps, kind)
+                    x = x.clamp(-1.0, 1.0) if images else x
+                elif kind == "ddpm":
                     x = ddpm_sample(diffusion, net, x_T, **opts)
                 else:
                     x = ddim_sample(diffusion, net, x_T, steps, **opts)
@@ -331,10 +350,18 @@ def evaluate_checkpoint(
     device = get_device(str(device) if device is not None else None)
     model, ckpt = load_model(checkpoint, map_location=device)
     config, diffusion = ckpt["config"], diffusion_for(ckpt["config"])
-    if not isinstance(diffusion, GaussianDiffusion):
+    flow = isinstance(diffusion, FlowMatching)
+    if flow and any(parse_sampler(s)[0] in ("ddpm", "ddim") for s in samplers):
         raise ValueError(
-            f"{checkpoint} is a flow-matching model; evaluate measures diffusion models only "
-            "so far (sample it with `python -m ddpm_lib sample --sampler heun`)"
+            f"{checkpoint} is a flow-matching model: evaluate it with its ODE, e.g. "
+            "--samplers euler-20,heun-10 (ddpm and ddim are diffusion samplers)"
+        )
+    likelihood_note = None
+    if flow and (elbo_n > 0 or ode_n > 0):
+        elbo_n, ode_n = 0, 0
+        likelihood_note = (
+            "no likelihood for a flow-matching model: the ELBO is a diffusion bound, and the "
+            "flow's ODE likelihood is not measured by evaluate yet"
         )
     toy = config["dataset"] in TOY_DATASETS
     # The classifier first: a missing one is reported before the data is read.
@@ -351,6 +378,8 @@ def evaluate_checkpoint(
         result["classifier"] = card
     # A release checkpoint carries its card; a training checkpoint's figures are read from it.
     card = ckpt.get("card") or model_card(ckpt)
+    if likelihood_note:
+        result["likelihood"] = likelihood_note
     result.update(
         model_card={k: card.get(k) for k in ("steps", "batch_size", "device", "train_minutes")},
         reference=sets["note"],
@@ -383,7 +412,7 @@ def evaluate_checkpoint(
             "fd": fd,
             "fd_over_floor": fd / floor_fd,
             **precision_recall(ref_f, f),
-            "network_evaluations": parse_sampler(name)[1],
+            "network_evaluations": network_evaluations(diffusion, name),
             "seconds": round(seconds, 1),
         }
         where = "" if rungs is None else f"; {place_on_ladder(fd, rungs)}"
