@@ -16,7 +16,8 @@ about ε.
   :func:`noised_tilted_score`, its score after the forward process, which guidance is not.
 
 Code indices as everywhere: ``t`` holds 0..T-1 (fractional values from the ODE samplers are
-accepted by the guides: ᾱ is interpolated between neighbouring steps).
+accepted by the guides: ᾱ comes from the schedule's continuous-time VP-SDE,
+:class:`~ddpm_lib.sde.DiscreteVPSDE`, exact at every integer step).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from .diffusion import GaussianDiffusion
 from .mixture import GaussianMixture2D
+from .sde import DiscreteVPSDE
 
 ConditionalModel = Callable[..., Tensor]  # (x_t, t, y) -> ε, y = None for the null label ∅
 Classifier = Callable[[Tensor, Tensor], Tensor]  # (x_t, t) -> logits or log-probs [B, C]
@@ -144,18 +146,6 @@ class ClassifierFreeGuidance(_Labelled):
         return torch.cat([guided, cond[:, c:]], dim=1) if cond.shape[1] > c else guided
 
 
-def _sqrt_one_minus_alpha_bar(diffusion: GaussianDiffusion, t: Tensor, x: Tensor) -> Tensor:
-    """√(1-ᾱ_t) [B, 1, ...] at code indices t, linearly interpolated in ᾱ at fractional t."""
-    ab = diffusion.alphas_cumprod.to(device=x.device, dtype=torch.float64)
-    t = torch.as_tensor(t, device=x.device).to(torch.float64).expand(x.shape[0])
-    t = t.clamp(0, len(ab) - 1)
-    lo = t.floor().long()
-    hi = (lo + 1).clamp(max=len(ab) - 1)
-    frac = t - lo
-    a = ab[lo] * (1 - frac) + ab[hi] * frac
-    return (1 - a).sqrt().to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-
-
 class ClassifierGuidance(_Labelled):
     """Classifier guidance (eq-ch8-classifier-eps):
     ``guide(x_t, t) = ε(x_t, t) - s √(1-ᾱ_t) ∇_x log p_φ(y | x_t, t)``.
@@ -189,6 +179,9 @@ class ClassifierGuidance(_Labelled):
             )
         super().__init__(y, num_classes, owner)
         self.diffusion, self.model, self.classifier = diffusion, model, classifier
+        # √(1-ᾱ) at any code index t, fractional ones included (the ODE samplers'), from the
+        # continuous-time process whose marginals are the schedule's at t_cont = (t + 1)/T.
+        self._sde = DiscreteVPSDE(diffusion.betas)
         self.scale = _check_scale(scale, "classifier scale s", owner)
         self._model_conditional = num_classes_of(model) > 0
 
@@ -212,7 +205,11 @@ class ClassifierGuidance(_Labelled):
         eps = self.model(x_t, t, None) if self._model_conditional else self.model(x_t, t)
         if self.scale == 0:
             return eps
-        sigma = _sqrt_one_minus_alpha_bar(self.diffusion, torch.as_tensor(t), x_t)
+        t_cont = (torch.as_tensor(t, device=x_t.device).double().expand(x_t.shape[0]) + 1) / (
+            self.diffusion.num_timesteps
+        )
+        _, std = self._sde.marginal_prob(x_t, t_cont)
+        sigma = std.to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
         c = x_t.shape[1]
         guided = eps[:, :c] - self.scale * sigma * self.class_log_prob_grad(x_t, t)
         return torch.cat([guided, eps[:, c:]], dim=1) if eps.shape[1] > c else guided

@@ -163,3 +163,17 @@ def test_evaluate_guidance_on_an_unconditional_checkpoint_says_so(image_runs, ca
     args = ["evaluate", "--checkpoint", str(image_runs["uncond"]), "--guidance", "0,1"]
     assert main([*args, "--n", "20", "--no-progress"]) == 1
     assert "needs a class-conditional model" in capsys.readouterr().err
+
+
+def test_evaluate_guidance_reports_accuracy_and_fd_per_weight(image_runs, tmp_path):
+    """A guided step costs two network calls: DDIM-2 is 2 calls at w = 0 and 4 at w = 1."""
+    import json
+
+    out = tmp_path / "g.json"
+    args = ["evaluate", "--checkpoint", str(image_runs["cond"]), "--guidance", "0,1"]
+    args += ["--n", "20", "--samplers", "ddim-2", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["weights"]
+    assert [rows[w]["network_evaluations"] for w in ("0.0", "1.0")] == [2, 4]
+    for r in rows.values():
+        assert 0 <= r["accuracy"] <= 1 and len(r["accuracy_by_class"]) == 10 and r["fd"] > 0

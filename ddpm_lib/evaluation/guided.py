@@ -23,7 +23,14 @@ from ..guidance import check_labels, num_classes_of
 from ..training.checkpoint import load_model
 from ..training.config import diffusion_for
 from ..utils import get_device
-from .evaluate import draw_samples, find_classifier, load_classifier, parse_sampler, real_sets
+from .evaluate import (
+    draw_samples,
+    find_classifier,
+    load_classifier,
+    network_evaluations,
+    parse_sampler,
+    real_sets,
+)
 from .metrics import extract_features, frechet_distance_features, precision_recall
 
 Tensor = torch.Tensor
@@ -123,13 +130,10 @@ def evaluate_guidance(
             progress, labels=labels, guidance=w,
         )  # fmt: skip
         f = feats(x)
-        with torch.no_grad():
-            predicted = torch.cat(
-                [feature_net(x[i : i + 1000].to(device)).argmax(1).cpu() for i in range(0, n, 1000)]
-            )
+        with torch.no_grad():  # the class from the features already computed: one pass
+            predicted = feature_net.head(f.float().to(device)).argmax(1).cpu()
         hit = (predicted == labels).float()
         fd = frechet_distance_features(f, ref_f)
-        steps = parse_sampler(sampler)[1]
         result["weights"][str(w)] = {
             "w": w,
             "accuracy": hit.mean().item(),
@@ -137,7 +141,7 @@ def evaluate_guidance(
             "fd": fd,
             "fd_over_floor": fd / floor_fd,
             **precision_recall(ref_f, f),
-            "network_evaluations": steps * (1 if w == 0 else 2),
+            "network_evaluations": network_evaluations(diffusion, sampler) * (1 if w == 0 else 2),
             "seconds": round(seconds, 1),
         }
         if grids is not None:
