@@ -26,6 +26,7 @@ from ..accel.graphs import GRAPHING_COMPILE_MODES, GraphedStep
 from ..data import IMAGE_SHAPES, NUM_CLASSES, TOY_DATASETS, holdout_split, load_image_dataset
 from ..data import toy_dataset as make_toy_dataset
 from ..elbo import check_data_range
+from ..guidance import num_classes_of
 from ..nets import build_model, model_config, model_spec
 from ..utils import get_device
 from .checkpoint import CheckpointError, is_release, load_checkpoint, save_checkpoint
@@ -193,9 +194,7 @@ class Trainer:
     ) -> tuple[Tensor, int]:
         """The labels of a class-conditional run, checked, and the null label's index."""
         num_classes = (
-            getattr(model.config, "num_classes", 0)
-            if model is not None and hasattr(model, "config")
-            else model_config(config.model).num_classes  # type: ignore[attr-defined]
+            num_classes_of(model) if model is not None else model_config(config.model).num_classes  # type: ignore[attr-defined]
         )
         if labels is None:
             raise ValueError("class_cond needs one label per training item: pass labels=")
