@@ -26,10 +26,14 @@ from .mixture import GaussianMixture2D
 from .sde import (
     VPSDE,
     DiscreteVPSDE,
+    OdeLikelihood,
     check_ode_method,
     eps_model_score_fn,
+    log_time_grid,
+    ode_log_likelihood,
     ode_step,
     probability_flow_sample,
+    velocity_log_likelihood,
 )
 
 Tensor = torch.Tensor
@@ -323,3 +327,47 @@ def ode_network_evaluations(
     check_ode_method(method)
     calls = steps * (1 if method == "euler" else 2)
     return calls if isinstance(process, FlowMatching) else calls + 1
+
+
+def model_log_likelihood(
+    process: FlowMatching | GaussianDiffusion,
+    model: Callable[..., Tensor],
+    x: Tensor,
+    steps: int = 100,
+    *,
+    hutchinson: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> OdeLikelihood:
+    """log-density of ``x`` [B, ...] under either kind of model's ODE, per sample (nats).
+
+    One estimator for both (:func:`~ddpm_lib.sde.velocity_log_likelihood`: Heun over ``steps``
+    steps equal in log t, the same probe, the prior N(0, I) at t = 1). A diffusion model
+    integrates its probability-flow drift from t = 1/T, the smallest noise level its network was
+    trained on; a flow-matching model its velocity from t = 0, the data end of its path (the
+    grid's first point, 1/time_scale, is moved to 0: the same number of steps and calls).
+    """
+    if isinstance(process, FlowMatching):
+        grid = log_time_grid(steps, 1.0 / process.time_scale)
+        grid[0] = 0.0
+        return velocity_log_likelihood(
+            process.velocity(model),
+            x,
+            grid,
+            hutchinson=hutchinson,
+            generator=generator,
+            progress=progress,
+        )
+    T = process.num_timesteps
+    sde = DiscreteVPSDE(process.betas)
+    score = eps_model_score_fn(sde, process.mean_model(model), T)
+    return ode_log_likelihood(
+        sde,
+        score,
+        x,
+        steps,
+        t_start=1.0 / T,
+        hutchinson=hutchinson,
+        generator=generator,
+        progress=progress,
+    )

@@ -44,9 +44,12 @@ def _bcast(v: Tensor, x: Tensor) -> Tensor:
 
 
 def _times(value: float, x: Tensor) -> Tensor:
-    """The time tensor [B] of a sampler's grid point ``value`` (> 0), marked as checked."""
+    """The time tensor [B] of a sampler's grid point ``value``, marked as checked when > 0.
+
+    t = 0 (the data end of a flow) is not marked positive.
+    """
     t = torch.full((x.shape[0],), value, device=x.device, dtype=x.dtype)
-    return mark_checked(t, _POSITIVE)
+    return mark_checked(t, _POSITIVE) if value > 0 else t
 
 
 def _check_std(std: Tensor, t: Tensor, who: str) -> None:
@@ -153,8 +156,7 @@ class VPSDE(SDE):
 
     def prior_logp(self, z: Tensor) -> Tensor:
         """log N(z; 0, I) per sample: the VP prior."""
-        d = z[0].numel()
-        return -0.5 * z.double().flatten(1).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
+        return standard_normal_logp(z)
 
 
 class DiscreteVPSDE(VPSDE):
@@ -304,16 +306,11 @@ def ode_step(
     """
     check_ode_method(method)
 
-    def at(value: float) -> Tensor:  # t = 0 (the data end of a flow) is not marked positive
-        if value > 0:
-            return _times(value, x)
-        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-
     h = t_next - t
-    d1 = velocity(x, at(t))
+    d1 = velocity(x, _times(t, x))
     new = x + d1 * h
     if method == "heun":
-        new = x + 0.5 * (d1 + velocity(new, at(t_next))) * h
+        new = x + 0.5 * (d1 + velocity(new, _times(t_next, x))) * h
     return new
 
 
@@ -430,6 +427,60 @@ class OdeLikelihood(NamedTuple):
     x1: Tensor  # the end point x(1), shaped like x
 
 
+def log_time_grid(steps: int, t_start: float) -> Tensor:
+    """``steps`` + 1 times from t_start to 1, equal in log t (float64).
+
+    Near t = 0 the score changes on the scale of σ_t ∝ √t, so equal steps in t would spend
+    almost all of their error budget in the first one.
+    """
+    if steps < 1 or not 0 < t_start < 1:
+        raise ValueError(f"need steps ≥ 1 and t_start in (0, 1), got {steps}, {t_start}")
+    return torch.logspace(math.log10(t_start), 0.0, steps + 1, dtype=torch.float64)
+
+
+def standard_normal_logp(z: Tensor) -> Tensor:
+    """log N(z; 0, I) per sample, [B] (float64)."""
+    d = z[0].numel()
+    return -0.5 * z.double().flatten(1).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
+
+
+def velocity_log_likelihood(
+    velocity: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    times: Tensor,
+    *,
+    hutchinson: bool = False,
+    prior_logp: Callable[[Tensor], Tensor] = standard_normal_logp,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> OdeLikelihood:
+    """log p_{times[0]}(x) of the density an ODE dx/dt = v(x, t) carries, per sample (eq-ch6-cov).
+
+    Chapters 6 and 9. Along the ODE the density obeys d log p_t(x(t))/dt = -∇·v(x(t), t) (the
+    continuity equation), so log p_{t_0}(x) = log p_1(x(1)) + ∫_{t_0}^1 ∇·v(x(t), t) dt. Both
+    x(t) and the integral are carried by Heun's method over the increasing ``times`` (t_0 …
+    1). ``prior_logp`` is log p_1; ``hutchinson`` uses one Gaussian probe per sample (fixed
+    along the path) instead of the exact divergence. One estimator for both kinds of model:
+    a diffusion model's probability-flow drift and a flow-matching model's velocity.
+    """
+    if times.ndim != 1 or len(times) < 2 or not bool((times[1:] > times[:-1]).all()):
+        raise ValueError("times must be an increasing 1-D grid from the data end to t = 1")
+    probe = None
+    if hutchinson:
+        probe = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    b = x.shape[0]
+    y, integral = x.detach().clone(), torch.zeros(b, dtype=torch.float64, device=x.device)
+    for k in tqdm(range(len(times) - 1), desc="ODE likelihood", disable=not progress):
+        h = float(times[k + 1] - times[k])
+        d0, div0 = divergence(velocity, y, _times(float(times[k]), y), probe)
+        y_pred = y + h * d0
+        d1, div1 = divergence(velocity, y_pred, _times(float(times[k + 1]), y), probe)
+        y = y + 0.5 * h * (d0 + d1)
+        integral = integral + 0.5 * h * (div0 + div1).double()
+    prior = prior_logp(y).double()
+    return OdeLikelihood(prior + integral, prior, y)
+
+
 def ode_log_likelihood(
     sde: SDE,
     score_fn: ScoreFn,
@@ -444,37 +495,26 @@ def ode_log_likelihood(
 ) -> OdeLikelihood:
     """log p_{t_start}(x) under the probability-flow ODE's density, per sample (eq-ch6-cov).
 
-    Chapter 6. Along dx/dt = F(x, t) = f - ½ g² s, the density obeys d log p_t(x(t))/dt =
-    -∇·F, so log p_{t_start}(x) = log p_1(x(1)) + ∫_{t_start}^1 ∇·F(x(t), t) dt. Both x(t) and
-    the integral are carried by Heun's method over ``steps`` steps from t_start to 1, equal in
-    log t. ``prior_logp`` is log p_1, by default the SDE's own prior (``sde.prior_logp``:
-    N(0, I) for VP, N(0, σ_max² I) for VE); ``hutchinson`` uses one Gaussian probe per sample
-    (fixed along the path) instead of the exact divergence.
+    Chapter 6. :func:`velocity_log_likelihood` for the drift F(x, t) = f - ½ g² s over
+    ``steps`` steps from t_start to 1, equal in log t (:func:`log_time_grid`). ``prior_logp``
+    is log p_1, by default the SDE's own prior (``sde.prior_logp``: N(0, I) for VP,
+    N(0, σ_max² I) for VE); ``hutchinson`` uses one Gaussian probe per sample.
     """
-    if steps < 1 or not 0 < t_start < 1:
-        raise ValueError(f"need steps ≥ 1 and t_start in (0, 1), got {steps}, {t_start}")
+    grid = log_time_grid(steps, t_start)
     ode = sde.reverse(score_fn, probability_flow=True)
 
     def drift(y: Tensor, t: Tensor) -> Tensor:
         return ode.sde(y, t)[0]
 
-    probe = None
-    if hutchinson:
-        probe = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    # Log-uniform in t: near t = 0 the score changes on the scale of σ_t ∝ √t, so equal steps in
-    # t would spend almost all of their error budget in the first one.
-    grid = torch.logspace(math.log10(t_start), 0.0, steps + 1, dtype=torch.float64)
-    b = x.shape[0]
-    y, integral = x.detach().clone(), torch.zeros(b, dtype=torch.float64, device=x.device)
-    for k in tqdm(range(steps), desc="ODE likelihood", disable=not progress):
-        h = float(grid[k + 1] - grid[k])
-        d0, div0 = divergence(drift, y, _times(float(grid[k]), y), probe)
-        y_pred = y + h * d0
-        d1, div1 = divergence(drift, y_pred, _times(float(grid[k + 1]), y), probe)
-        y = y + 0.5 * h * (d0 + d1)
-        integral = integral + 0.5 * h * (div0 + div1).double()
-    prior = (prior_logp or sde.prior_logp)(y).double()
-    return OdeLikelihood(prior + integral, prior, y)
+    return velocity_log_likelihood(
+        drift,
+        x,
+        grid,
+        hutchinson=hutchinson,
+        prior_logp=prior_logp or sde.prior_logp,
+        generator=generator,
+        progress=progress,
+    )
 
 
 # ----------------------------------------------------------------------- exact mixture score

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion import GaussianDiffusion
 from ..elbo import elbo_bpd
-from ..sde import DiscreteVPSDE, eps_model_score_fn, ode_log_likelihood
+from ..flow import FlowMatching, model_log_likelihood
 
 Tensor = torch.Tensor
 
@@ -292,7 +292,7 @@ def elbo_summary(
 
 
 def ode_bits_per_dim(
-    diffusion: GaussianDiffusion,
+    process: GaussianDiffusion | FlowMatching,
     model: nn.Module,
     x0: Tensor,
     steps: int = 100,
@@ -301,17 +301,18 @@ def ode_bits_per_dim(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Probability-flow-ODE likelihood of 8-bit images ``x0`` [N, C, H, W] in bits/dim; Ch. 6.
+    """ODE likelihood of 8-bit images ``x0`` [N, C, H, W] in bits/dim; Chapters 6 and 9.
 
     Each image is dequantized, x̃ = x_0 + u with u ~ U(-1/255, 1/255)^D (one bin of the 8-bit
-    grid), and log p(x̃) is computed by ``sde.ode_log_likelihood`` for the ε-model's score under
-    ``DiscreteVPSDE`` from t = 1/T (the smallest noise level the network was trained on), with
-    one Hutchinson probe per image. bits/dim = -log p(x̃)/(D ln 2) + log₂ 127.5: by Jensen's
-    inequality an upper bound, in expectation over u, on the discrete model's -log₂ P(x_0)/D.
+    grid), and log p(x̃) is computed by :func:`~ddpm_lib.flow.model_log_likelihood`, one
+    estimator for both kinds of model: a diffusion model's probability-flow ODE from t = 1/T
+    (the smallest noise level the network was trained on), a flow-matching model's own ODE from
+    t = 0, with one Hutchinson probe per image. bits/dim = -log p(x̃)/(D ln 2) + log₂ 127.5: by
+    Jensen's inequality an upper bound, in expectation over u, on the discrete model's
+    -log₂ P(x_0)/D.
     """
-    sde = DiscreteVPSDE(diffusion.betas)
-    T = diffusion.num_timesteps
-    score = eps_model_score_fn(sde, diffusion.mean_model(model), T)
+    flow = isinstance(process, FlowMatching)
+    t_start = 0.0 if flow else 1.0 / process.num_timesteps
     gen = torch.Generator(device).manual_seed(seed)
     dims = x0[0].numel()
     bpd = []
@@ -319,15 +320,8 @@ def ode_bits_per_dim(
         x = x0[i : i + batch_size].to(device)
         u = (torch.rand(x.shape, generator=gen, device=device) * 2 - 1) / 255
         # The inner bar counts this batch's ODE steps (the slow part), not only the batches.
-        out = ode_log_likelihood(
-            sde,
-            score,
-            x + u,
-            steps,
-            t_start=1.0 / T,
-            hutchinson=True,
-            generator=gen,
-            progress=progress,
+        out = model_log_likelihood(
+            process, model, x + u, steps, hutchinson=True, generator=gen, progress=progress
         )
         bpd.append((-out.log_likelihood / (dims * math.log(2)) + math.log2(127.5)).cpu())
     values = torch.cat(bpd)
@@ -337,6 +331,7 @@ def ode_bits_per_dim(
         "bits_per_dim": values.mean().item(),
         "standard_error": (values.std() / math.sqrt(n)).item() if n > 1 else float("nan"),
         "steps": steps,
-        "t_start": 1.0 / T,
+        "t_start": t_start,
         "method": "Heun, one Hutchinson probe per image, uniform dequantization",
+        "ode": "flow-matching velocity" if flow else "probability-flow ODE of the ε-model",
     }
