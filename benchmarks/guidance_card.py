@@ -13,8 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from ddpm_lib.nets import count_parameters
-from ddpm_lib.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from cards import add_to_card
 
 
 def summary(results: dict) -> dict:
@@ -31,20 +30,7 @@ def summary(results: dict) -> dict:
 
 
 def main(checkpoint: str, results_path: str) -> None:
-    path = Path(checkpoint)
-    ckpt = load_checkpoint(path)
-    card = {**ckpt["card"], "guidance": summary(json.loads(Path(results_path).read_text()))}
-    save_checkpoint({**ckpt, "card": card}, path)
-    model, _ = load_model(path)
-    config = ckpt["config"]
-    sidecar = {
-        **card,
-        "parameters": count_parameters(model),
-        "config": {k: config[k] for k in config if k not in ("model", "data_root", "out_dir")},
-        "model": config["model"],
-    }
-    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
-    print(f"added the guidance sweep to the card of {path}; wrote {path.with_suffix('.json')}")
+    add_to_card(checkpoint, "guidance", summary(json.loads(Path(results_path).read_text())))
 
 
 if __name__ == "__main__":
