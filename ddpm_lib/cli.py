@@ -20,6 +20,7 @@ import torch
 
 from .accel.distributed import DistInfo, barrier, cleanup, setup_distributed
 from .data import TOY_DATASETS, DatasetNotFoundError, canonical_name
+from .evaluation.inception import INSTALL_COMMAND, InceptionUnavailable
 from .guidance import ClassifierFreeGuidance, num_classes_of
 from .nets import MODEL_TYPES
 from .samplers import ddim_sample, ddpm_sample
@@ -260,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--no-ladder", action="store_true",
         help="skip the calibration ladder (the floor set's FD after known damage)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--inception", action="store_true",
+        help="add the standard FID (Inception-v3 features, with its floor); needs "
+        f"{INSTALL_COMMAND}",
     )  # fmt: skip
     ev.add_argument("--device", help=device_help)
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -672,6 +678,8 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         _check_out(args.out, "--out", parser)
     if args.grids is not None:
         _check_out(args.grids, "--grids", parser, folder=True)
+    if args.inception and args.guidance is not None:
+        parser.error("--inception is not measured with --guidance; evaluate without it")
     start = time.perf_counter()
     if args.guidance is not None:
         result = _evaluate_guidance(args, parser, samplers[0])
@@ -679,7 +687,7 @@ def cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         result = evaluate_checkpoint(
         args.checkpoint, args.n, samplers, args.elbo_n, args.classifier, args.batch_size,
         args.device, args.bf16, args.seed, args.data_root, args.grids, not args.no_progress,
-        args.ode_n, args.ode_steps, args.download, not args.no_ladder,
+        args.ode_n, args.ode_steps, args.download, not args.no_ladder, inception=args.inception,
         )  # fmt: skip
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
     result["command"] = "python -m ddpm_lib " + " ".join(args.argv)
@@ -760,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         CheckpointError,
         DatasetNotFoundError,
         FileNotFoundError,
+        InceptionUnavailable,
         NonFiniteLossError,
         ValueError,
     ) as e:

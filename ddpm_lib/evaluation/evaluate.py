@@ -46,6 +46,7 @@ from ..training.checkpoint import (
 from ..training.config import diffusion_for
 from ..training.pretrained import checkpoint_candidates, download_checkpoint
 from ..utils import get_device
+from .inception import inception_fid, inception_floor, load_inception
 from .ladder import calibration_ladder, place_on_ladder
 from .metrics import (
     FeatureNet,
@@ -328,12 +329,14 @@ def evaluate_checkpoint(
     ode_steps: int = 100,
     download: bool = False,
     ladder: bool = True,
+    inception: bool = False,
 ) -> dict[str, Any]:
     """FD (with floor and n), precision/recall per sampler, and the ELBO of a checkpoint.
 
     For images, ``ladder`` adds the calibration ladder (:mod:`~ddpm_lib.evaluation.ladder`: the
     FD of the floor set after known damage, at the same n) and says between which rungs each
-    sampler's FD falls.
+    sampler's FD falls. ``inception`` adds the standard FID (:mod:`~ddpm_lib.evaluation.inception`)
+    with its real-data floor at the same n, and each sampler's ``fid`` and ``fid_over_floor``.
 
     ``ode_n`` > 0 adds the probability-flow-ODE likelihood of that many held-out images (bits/dim)
     or, for the Gaussian-mixture toy, fresh points (nats, beside their exact log-density).
@@ -363,8 +366,11 @@ def evaluate_checkpoint(
             "is the ODE's (--ode-n)"
         )
     toy = config["dataset"] in TOY_DATASETS
-    # The classifier first: a missing one is reported before the data is read.
+    if inception and toy:
+        raise ValueError("the Inception FID is for images: toy data has none (no --inception)")
+    # The classifier and the FID network first: a missing one is reported before the data is read.
     classifier_path = None if toy else (classifier or find_classifier(config["dataset"]))
+    fid_net = load_inception(device) if inception else None
     sets = real_sets(config, n, data_root, seed, download)
     n = sets["n"]
     feature_net: FeatureNet | None = None
@@ -395,6 +401,10 @@ def evaluate_checkpoint(
     floor_f = feats(sets["floor"])
     floor_fd = frechet_distance_features(floor_f, ref_f)
     result["floor"] = {"fd": floor_fd, **precision_recall(ref_f, floor_f)}
+    if fid_net is not None:
+        ref_i, result["inception"] = inception_floor(
+            fid_net, sets["reference"], sets["floor"], device
+        )
     rungs = None
     if ladder and not toy:
         rungs = calibration_ladder(sets["floor"], ref_f, feats, seed=seed)
@@ -414,6 +424,10 @@ def evaluate_checkpoint(
             "network_evaluations": network_evaluations(diffusion, name),
             "seconds": round(seconds, 1),
         }
+        if fid_net is not None:
+            fid = inception_fid(fid_net, x, ref_i, device)
+            floor_fid = result["inception"]["floor_fid"]
+            result["samplers"][name].update(fid=fid, fid_over_floor=fid / floor_fid)
         where = "" if rungs is None else f"; {place_on_ladder(fd, rungs)}"
         if rungs is not None:
             result["samplers"][name]["ladder"] = where[2:]
