@@ -11,6 +11,8 @@
 #   DATA: a folder holding FashionMNIST/raw (default: ../shared/data)
 #   OUT: where the logs, release checkpoint, grids and JSON go (default: runs/flow)
 #   N (default 10000), ODE_N (default 1000), MINUTES (default 5)
+#   PARALLEL=1: train (then evaluate) the two models at the same time on the one GPU, each with
+#   an equal share of it, instead of one after the other
 # On the GPU machine, detached so that it may outlast one 10-minute command:
 #   DATA=.devdata OUT=/root/f setsid nohup bash benchmarks/flow_vs_ddpm.sh &
 # Then: python benchmarks/plot_flow.py OUT/flow_vs_ddpm_*.json (table and figure).
@@ -39,26 +41,31 @@ if [[ -n "${SMOKE:-}" ]]; then  # CPU: no compile, no bf16, a 10-step schedule, 
   DDIM="ddim-2"
 fi
 mkdir -p "$OUT"
-for model in flow ddpm; do
-  if [[ $model == flow ]]; then
-    recipe=(--recipe fashion_mnist_flow)
-  else
-    recipe=(--recipe fashion_mnist_fast --time-limit "$MINUTES")
-  fi
-  ${PYTHON:-python3} -m ddpm_lib train "${recipe[@]}" --data-root "$DATA" "${run[@]}" \
-    --no-progress --out-dir "$WORK/$model" > "$OUT/train_$model.log" 2>&1
+train() {  # train MODEL: the recipe, then the release checkpoint
+  local model=$1 recipe=(--recipe fashion_mnist_flow)
+  [[ $model == ddpm ]] && recipe=(--recipe fashion_mnist_fast)
+  ${PYTHON:-python3} -m ddpm_lib train "${recipe[@]}" --time-limit "$MINUTES" --data-root "$DATA" \
+    "${run[@]}" --no-progress --out-dir "$WORK/$model" > "$OUT/train_$model.log" 2>&1
   ${PYTHON:-python3} -m ddpm_lib export --checkpoint "$WORK/$model/last.pt" \
     --out "$OUT/fashion_mnist_$model.pt" >> "$OUT/train_$model.log" 2>&1
-done
+}
+evaluate() {  # evaluate MODEL SAMPLERS
+  ${PYTHON:-python3} -m ddpm_lib evaluate --checkpoint "$OUT/fashion_mnist_$1.pt" \
+    --data-root "$DATA" --n "$N" --samplers "$2" --batch-size 2500 --elbo-n 0 \
+    --ode-n "$ODE_N" --out "$OUT/flow_vs_ddpm_$1.json" --grids "$OUT/grids" \
+    --no-progress > "$OUT/evaluate_$1.log" 2>&1
+}
+if [[ -n "${PARALLEL:-}" ]]; then  # both at once, sharing the GPU equally (same code, same size)
+  train flow & train ddpm & wait
+else
+  train flow; train ddpm
+fi
 echo trained > "$OUT/TRAINED"
-for model in flow ddpm; do
-  samplers=$ODE
-  [[ $model == ddpm ]] && samplers="$ODE,$DDIM"
-  ${PYTHON:-python3} -m ddpm_lib evaluate --checkpoint "$OUT/fashion_mnist_$model.pt" \
-    --data-root "$DATA" --n "$N" --samplers "$samplers" --batch-size 2500 --elbo-n 0 \
-    --ode-n "$ODE_N" --out "$OUT/flow_vs_ddpm_$model.json" --grids "$OUT/grids" \
-    --no-progress > "$OUT/evaluate_$model.log" 2>&1
-done
+if [[ -n "${PARALLEL:-}" ]]; then
+  evaluate flow "$ODE" & evaluate ddpm "$ODE,$DDIM" & wait
+else
+  evaluate flow "$ODE"; evaluate ddpm "$ODE,$DDIM"
+fi
 ${PYTHON:-python3} benchmarks/flow_card.py "$OUT/fashion_mnist_flow.pt" \
   "$OUT/flow_vs_ddpm_flow.json" "$OUT/flow_vs_ddpm_ddpm.json" >> "$OUT/evaluate_flow.log" 2>&1
 echo done > "$OUT/DONE"
