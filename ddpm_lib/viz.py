@@ -28,6 +28,7 @@ __all__ = [
     "animate_reverse",
     "frame_slider",
     "make_grid",
+    "plot_fd_vs_evaluations",
     "plot_histogram",
     "plot_schedules",
     "plot_trajectory",
@@ -332,3 +333,41 @@ def frame_slider(frames: Sequence[Figure], labels: Sequence[str], *, name: str =
         f"<output>{html.escape(labels[0])}</output></label>"
         f'<div class="ddpm-frames">{"".join(images)}</div></div>'
     )
+
+
+_SAMPLER_STYLE = {"euler": "o-", "heun": "s--", "ddim": "^:"}
+
+
+def plot_fd_vs_evaluations(comparison: Mapping, ax: Axes | None = None) -> Axes:
+    """Fréchet distance against network evaluations, one curve per model and sampler (Ch. 9).
+
+    ``comparison`` is the ``flow_vs_ddpm`` entry of the flow-matching checkpoint's card
+    (``benchmarks/flow_card.py``): ``models[name]["samplers"][sampler]`` holds
+    ``network_evaluations`` and ``fd``; ``floor_fd`` is drawn as the real-data floor. Log-log axes.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    for model, entry in comparison["models"].items():
+        by_kind: dict[str, list[tuple[int, float]]] = {}
+        for name, r in entry["samplers"].items():
+            by_kind.setdefault(name.split("-")[0], []).append((r["network_evaluations"], r["fd"]))
+        for kind, points in by_kind.items():
+            nfe, fd = zip(*sorted(points), strict=True)
+            label = f"{model}: {'DDIM' if kind == 'ddim' else kind.capitalize()}"
+            ax.plot(
+                nfe,
+                fd,
+                _SAMPLER_STYLE.get(kind, "o-"),
+                label=label,
+                color="C0" if model == "flow" else "C1",
+                alpha=1.0 if kind != "heun" else 0.7,
+            )
+    ax.axhline(comparison["floor_fd"], color="gray", lw=0.8, label="real-data floor")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="network evaluations",
+        ylabel=f"FD (n = {comparison['n']:,})",
+    )
+    ax.legend(fontsize=8, ncol=2)
+    return ax

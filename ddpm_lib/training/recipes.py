@@ -61,7 +61,8 @@ RECIPES: dict[str, TrainConfig] = {
         compile_mode="reduce-overhead", log_every=100, save_every=14_000, **_FAST,
     ),
     # benchmarks/flow_vs_ddpm.sh (Chapter 9): fashion_mnist_fast's network and settings, trained
-    # by flow matching on the linear path; 5 minutes on one H200, like the DDPM model beside it.
+    # by flow matching on the linear path; 5 minutes on one H200, shared with a DDPM model of
+    # fashion_mnist_fast's recipe and the same limit, trained at the same time (PARALLEL=1).
     "fashion_mnist_flow": TrainConfig(
         dataset="fashion_mnist", model=_SMALL_UNET, objective="flow", steps=14_000,
         batch_size=512, lr=5e-4, warmup=1000, ema_decay=0.9995, compile_mode="reduce-overhead",
