@@ -30,6 +30,7 @@ __all__ = [
     "make_grid",
     "plot_fd_vs_evaluations",
     "plot_histogram",
+    "plot_ladder",
     "plot_schedules",
     "plot_trajectory",
     "save_grid",
@@ -371,3 +372,38 @@ def plot_fd_vs_evaluations(comparison: Mapping, ax: Axes | None = None) -> Axes:
     )
     ax.legend(fontsize=8, ncol=2)
     return ax
+
+
+def plot_ladder(
+    panels: Sequence[tuple[str, float, Tensor]],
+    *,
+    highlight: Sequence[str] = (),
+    ncols: int = 5,
+    nrow: int = 3,
+) -> Figure:
+    """Image panels sorted by their Fréchet distance: what each FD looks like (Chapter 4, 7).
+
+    ``panels``: (label, FD, images [B, C, H, W] in [-1, 1]) — the calibration ladder's damaged
+    real images (:mod:`ddpm_lib.evaluation.ladder`) and, for comparison, model samples. Each
+    panel is one grid (``nrow`` images a row) titled with its label and FD, in ascending FD,
+    ``ncols`` panels a row. Labels in ``highlight`` (the models) get bold blue titles.
+    """
+    if not panels:
+        raise ValueError("plot_ladder needs at least one (label, fd, images) panel")
+    ordered = sorted(panels, key=lambda p: p[1])
+    rows = math.ceil(len(ordered) / ncols)
+    fig, axes = plt.subplots(
+        rows, ncols, figsize=(1.75 * ncols, 2.05 * rows), layout="constrained", squeeze=False
+    )
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (label, fd, images) in zip(axes.flat, ordered, strict=False):
+        _imshow(ax, make_grid(images, nrow=nrow))
+        model = label in highlight
+        ax.set_title(
+            f"{label}\nFD {fd:.3g}",
+            fontsize=7.5,
+            color="#1f4e9c" if model else "black",
+            fontweight="bold" if model else "normal",
+        )
+    return fig

@@ -196,3 +196,27 @@ def test_frame_slider_needs_one_label_per_frame():
     with pytest.raises(ValueError, match="one label per frame"):
         frame_slider([fig], ["a", "b"])
     plt.close(fig)
+
+
+def test_plot_ladder_shows_panels_in_ascending_fd_with_models_highlighted():
+    x = torch.zeros(4, 1, 8, 8)
+    panels = [("noise", 1.7, x), ("model", 0.8, x), ("real", 0.06, x)]
+    fig = viz.plot_ladder(panels, highlight=["model"], ncols=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["real\nFD 0.06", "model\nFD 0.8", "noise\nFD 1.7"]
+    bold = [ax.title.get_fontweight() for ax in fig.axes if ax.get_title()]
+    assert bold == ["normal", "bold", "normal"]
+    plt.close(fig)
+
+
+def test_plot_fd_vs_evaluations_draws_one_curve_per_model_and_sampler_kind():
+    def entry(*names):
+        return {"samplers": {n: {"network_evaluations": int(n.split("-")[1]), "fd": 1.0}
+                             for n in names}}  # fmt: skip
+
+    models = {"flow": entry("euler-4", "euler-8", "heun-2"), "ddpm": entry("ddim-4", "ddim-8")}
+    comparison = {"n": 10, "floor_fd": 0.1, "models": models}
+    ax = viz.plot_fd_vs_evaluations(comparison)
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["flow: Euler", "flow: Heun", "ddpm: DDIM", "real-data floor"]
+    plt.close(ax.figure)
