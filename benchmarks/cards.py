@@ -21,14 +21,18 @@ def add_to_card(checkpoint: str | Path, key: str, summary: dict[str, Any]) -> Pa
     ckpt = load_checkpoint(path)
     card = {**ckpt["card"], key: summary}
     save_checkpoint({**ckpt, "card": card}, path)
-    model, _ = load_model(path)
-    config = ckpt["config"]
-    sidecar = {
-        **card,
-        "parameters": count_parameters(model),
-        "config": {k: config[k] for k in config if k not in ("model", "data_root", "out_dir")},
-        "model": config["model"],
-    }
+    old = path.with_suffix(".json")
+    if old.is_file():  # an existing sidecar keeps its own fields; the card's are updated
+        sidecar = {**json.loads(old.read_text()), **card}
+    else:
+        model, _ = load_model(path)
+        config = ckpt["config"]
+        sidecar = {
+            **card,
+            "parameters": count_parameters(model),
+            "config": {k: config[k] for k in config if k not in ("model", "data_root", "out_dir")},
+            "model": config["model"],
+        }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     print(f"added {key!r} to the card of {path}; wrote {path.with_suffix('.json')}")
     return path.with_suffix(".json")

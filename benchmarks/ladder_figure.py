@@ -20,7 +20,7 @@ from PIL import Image
 
 matplotlib.use("Agg")
 from ddpm_lib.data import load_image_dataset  # noqa: E402
-from ddpm_lib.evaluation.ladder import RUNGS, perturb  # noqa: E402
+from ddpm_lib.evaluation.ladder import ladder_panels  # noqa: E402
 from ddpm_lib.viz import plot_ladder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +51,8 @@ def tiles(png: Path, k: int = 9, size: int = 28, pad: int = 2) -> torch.Tensor:
 
 def main() -> None:
     ladder = json.loads((RESULTS / "quality" / "ladder_fashion_mnist.json").read_text())
-    fd = {r["rung"]: r["fd"] for r in ladder["ladder"]}
     real = load_image_dataset("fashion_mnist", "test", str(ROOT.parent / "shared" / "data"))
-    x = real.to_model_range()[:9]
-    gen = torch.Generator().manual_seed(0)
-    panels = [("real (the floor)", fd["real images (the floor)"], x)]
-    panels += [(r.label, fd[r.label], perturb(x, r, gen)) for r in RUNGS]
+    panels = ladder_panels(real.to_model_range()[:9], ladder["ladder"])
     for label, png, result, sampler in MODELS:
         value = json.loads((RESULTS / result).read_text())["samplers"][sampler]["fd"]
         panels.append((label.replace("\\n", "\n"), value, tiles(ROOT / png)))

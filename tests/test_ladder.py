@@ -10,7 +10,15 @@ import torch
 from ddpm_lib.cli import main
 from ddpm_lib.data import load_image_dataset
 from ddpm_lib.evaluation.evaluate import find_classifier, load_classifier
-from ddpm_lib.evaluation.ladder import RUNGS, Rung, calibration_ladder, perturb, place_on_ladder
+from ddpm_lib.evaluation.ladder import (
+    RUNGS,
+    Rung,
+    calibration_ladder,
+    ladder_panels,
+    perturb,
+    place_on_ladder,
+    plot_on_ladder,
+)
 from ddpm_lib.evaluation.metrics import extract_features
 from ddpm_lib.training.pretrained import find_checkpoint
 
@@ -77,3 +85,31 @@ def test_evaluate_reports_the_ladder_and_where_each_sampler_falls(tmp_path):
     assert len(result["ladder"]) == len(RUNGS) + 1
     position = result["samplers"]["ddim-2"]["ladder"]
     assert position.startswith(("between", "above", "below"))
+
+
+def test_ladder_panels_redraw_each_measured_rung_on_the_given_images():
+    x = torch.linspace(-1, 1, 2 * 28 * 28).reshape(2, 1, 28, 28)
+    ladder = [
+        {"rung": "real images (the floor)", "family": "none", "strength": 0.0, "fd": 0.05},
+        {"rung": "noise σ = 2/255", "family": "noise", "strength": 2, "fd": 0.3},
+        {"rung": "made up", "family": "other", "strength": 1, "fd": 9.0},
+    ]
+    panels = ladder_panels(x, ladder, seed=3)
+    assert [(label, fd) for label, fd, _ in panels] == [
+        ("real (the floor)", 0.05),
+        ("noise σ = 2/255", 0.3),
+    ]
+    assert torch.equal(panels[0][2], x)
+    noise = next(r for r in RUNGS if r.label == "noise σ = 2/255")
+    assert torch.equal(panels[1][2], perturb(x, noise, torch.Generator().manual_seed(3)))
+
+
+def test_plot_on_ladder_puts_the_models_among_the_rungs_by_their_fd():
+    x = torch.zeros(2, 1, 28, 28)
+    ladder = [
+        {"rung": "real images (the floor)", "family": "none", "strength": 0.0, "fd": 0.05},
+        {"rung": "noise σ = 8/255", "family": "noise", "strength": 8, "fd": 7.9},
+    ]
+    fig = plot_on_ladder(x, ladder, {"my model": (0.8, x)}, ncols=3)
+    titles = [ax.get_title().split("\n")[0] for ax in fig.axes if ax.get_title()]
+    assert titles == ["real (the floor)", "my model", "noise σ = 8/255"]

@@ -15,13 +15,16 @@ the intensity scaled by 0.95 (black stays black). Each family is monotone in its
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from ..data import from_model_range, to_model_range
 from .metrics import frechet_distance_features
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Tensor = torch.Tensor
 
@@ -104,3 +107,46 @@ def place_on_ladder(fd: float, ladder: list[dict[str, Any]]) -> str:
         return f"above {ladder[-1]['rung']} ({ladder[-1]['fd']:.3g})"
     lo, hi = below[-1], above[0]
     return f"between {lo['rung']} ({lo['fd']:.3g}) and {hi['rung']} ({hi['fd']:.3g})"
+
+
+def ladder_panels(
+    images: Tensor, ladder: list[dict[str, Any]], *, seed: int = 0
+) -> list[tuple[str, float, Tensor]]:
+    """What each rung looks like: ``images`` [B, C, H, W] (real, in [-1, 1]) under each rung.
+
+    ``ladder`` is a measured ladder (:func:`calibration_ladder`'s list, e.g. the ``ladder`` of a
+    shipped classifier's card); returns ``(label, FD, damaged images)`` per rung, the undamaged
+    images as the floor, for :func:`ddpm_lib.viz.plot_ladder`. Rungs not in :data:`RUNGS` are
+    skipped (they cannot be redrawn).
+    """
+    by_label = {r.label: r for r in RUNGS}
+    gen = torch.Generator().manual_seed(seed)
+    panels = []
+    for entry in ladder:
+        if entry["family"] == "none":
+            panels.append(("real (the floor)", entry["fd"], images))
+        elif entry["rung"] in by_label:
+            panels.append(
+                (entry["rung"], entry["fd"], perturb(images, by_label[entry["rung"]], gen))
+            )
+    return panels
+
+
+def plot_on_ladder(
+    real: Tensor,
+    ladder: list[dict[str, Any]],
+    samples: dict[str, tuple[float, Tensor]],
+    *,
+    ncols: int = 6,
+) -> Figure:
+    """Model samples among the ladder's rungs, all sorted by FD (Chapters 4 and 7).
+
+    ``real`` [B, C, H, W]: real images to damage (:func:`ladder_panels`); ``ladder``: a measured
+    ladder; ``samples``: label → (the model's FD at the ladder's n, a few of its samples). The
+    models' panels get highlighted titles (:func:`ddpm_lib.viz.plot_ladder`).
+    """
+    from ..viz import plot_ladder  # matplotlib only when drawing
+
+    panels = ladder_panels(real, ladder)
+    panels += [(label, fd, images) for label, (fd, images) in samples.items()]
+    return plot_ladder(panels, highlight=list(samples), ncols=ncols)
