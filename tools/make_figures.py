@@ -2,7 +2,7 @@
 
     python tools/make_figures.py
 
-derivation_map.png: the seven chapters as boxes, each with its key equation, joined in the
+derivation_map.png: the nine chapters as boxes, each with its key equation, joined in the
 order the derivation runs (used on book/intro.md).
 """
 
@@ -54,17 +54,33 @@ CHAPTERS = [
         r"\,\hat\varepsilon,\ \ t'<t$",
         "#efe3f5",
     ),
+    (
+        8,
+        "Guidance",
+        r"$\tilde\varepsilon=(1+w)\,\varepsilon_\theta(x_t,y)-w\,\varepsilon_\theta(x_t,\varnothing)$",
+        "#fbe3e8",
+    ),
+    (
+        9,
+        "Flow matching",
+        r"$\min_\theta\,\mathbb{E}\,\|v_\theta(x_t,t)-(\varepsilon-x_0)\|^2$",
+        "#dff1ef",
+    ),
 ]
 
-# Grid positions (column, row): a snake, 1 → 4 on top, then 5 → 7 right to left below.
-POSITIONS = {1: (0, 1), 2: (1, 1), 3: (2, 1), 4: (3, 1), 5: (3, 0), 6: (2, 0), 7: (1, 0)}
+# Grid positions (column, row): a snake, 1 → 4 on top, 5 → 7 right to left below, then down
+# from 7 to 8 → 9 left to right on the bottom row.
+POSITIONS = {
+    1: (0, 1), 2: (1, 1), 3: (2, 1), 4: (3, 1), 5: (3, 0), 6: (2, 0), 7: (1, 0), 8: (1, -1),
+    9: (2, -1),
+}  # fmt: skip
 W, H, DX, DY = 3.9, 1.25, 4.35, 2.0
 
 
 def derivation_map(path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(17.0, 5.2))
+    fig, ax = plt.subplots(figsize=(17.0, 7.3))
     ax.set_xlim(-0.35, 3 * DX + W + 0.35)
-    ax.set_ylim(-0.5, DY + H + 0.7)
+    ax.set_ylim(-DY - 0.5, DY + H + 0.7)
     ax.axis("off")
     centres = {}
     for n, title, eq, colour in CHAPTERS:
@@ -109,13 +125,17 @@ def derivation_map(path: Path) -> None:
     for n in (5, 6):  # right to left along the bottom row
         (x, y), (x2, y2) = centres[n], centres[n + 1]
         arrow((x - 0.06, y + H / 2), (x2 + W + 0.06, y2 + H / 2))
+    (x, y), (x2, y2) = centres[7], centres[8]  # down again
+    arrow((x + W / 2, y - 0.06), (x2 + W / 2, y2 + H + 0.06))
+    (x, y), (x2, y2) = centres[8], centres[9]  # left to right along the last row
+    arrow((x + W + 0.06, y + H / 2), (x2 - 0.06, y2 + H / 2))
 
     # The legend box in the free corner.
     ax.text(
         0.05,
         0.95 * H,
         "Train with Chapters 1–4:\nsample with Algorithm 2.\n"
-        "Chapter 5 says why the\nloss works; 6–7 go beyond.",
+        "Chapter 5 says why the\nloss works; 6–9 go beyond.",
         ha="left",
         va="top",
         fontsize=11,
