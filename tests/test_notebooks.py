@@ -24,6 +24,8 @@ CHAPTERS = [
     "05_elbo",
     "06_sde_view",
     "07_sampling_faster",
+    "08_guidance",
+    "09_flow_matching",
 ]
 COLAB = "https://colab.research.google.com/github/" + REPO_URL.removeprefix("https://github.com/")
 
