@@ -1,16 +1,17 @@
 """Flow matching: probability paths, their velocities, the regression loss (Chapter 9).
 
 Time runs as in Chapter 6: t = 0 is the data, t = 1 the noise. A *path* mixes a data point and
-a noise vector, x_t = α_t x_0 + σ_t ε (the conditional path), with α_0 = 1, σ_0 = 0 and σ_1 > 0;
-along it x_t moves with the conditional velocity u_t = α'_t x_0 + σ'_t ε (the conditional velocity).
-The marginal velocity v_t(x) = E[u_t | x_t = x] (the marginal velocity) carries the whole
-distribution of x_t along the continuity equation, so integrating dx/dt = v_t(x) from t = 1 to
-t = 0 turns noise into data (the ODE integrators are :func:`ddpm_lib.sde.ode_step`'s).
+a noise vector, x_t = α_t x_0 + σ_t ε (the conditional path, eq-ch9-path), with α_0 = 1,
+σ_0 = 0 and σ_1 > 0; along it x_t moves with the conditional velocity u_t = α'_t x_0 + σ'_t ε
+(eq-ch9-cond-velocity). The marginal velocity v_t(x) = E[u_t | x_t = x] (eq-ch9-marginal-velocity)
+carries the whole distribution of x_t along the continuity equation (eq-ch9-continuity), so
+integrating dx/dt = v_t(x) (eq-ch9-ode) from t = 1 to t = 0 turns noise into data (the ODE
+integrators are :func:`ddpm_lib.sde.ode_step`'s).
 
-- :class:`LinearPath`: α_t = 1 - t, σ_t = t (rectified flow; u_t = ε - x_0).
+- :class:`LinearPath`: α_t = 1 - t, σ_t = t (rectified flow; u_t = ε - x_0; eq-ch9-linear).
 - :class:`VPPath`: α_t = √ᾱ(t), σ_t = √(1 - ᾱ(t)) of a VP-SDE, the path of Chapters 1-7.
 - :meth:`Path.velocity_from_eps` / :meth:`Path.eps_from_velocity`: on any path the marginal
-  velocity is a fixed linear combination of x_t and E[ε | x_t] (velocity from ε), so the
+  velocity is a fixed linear combination of x_t and E[ε | x_t] (eq-ch9-velocity-eps), so the
   book's ε-network already defines a flow.
 - :func:`mixture_velocity`: the exact marginal velocity of the 2-D Gaussian mixture.
 """
@@ -55,8 +56,8 @@ def _check_times(t: Tensor | float, x: Tensor) -> Tensor:
 
 
 class Path:
-    """A Gaussian probability path x_t = α_t x_0 + σ_t ε; subclasses give α, σ and their
-    time derivatives as functions of t [B] (Chapter 9)."""
+    """A Gaussian probability path x_t = α_t x_0 + σ_t ε (eq-ch9-path); subclasses give α, σ and
+    their time derivatives as functions of t [B] (Chapter 9)."""
 
     name = "path"
 
@@ -73,17 +74,17 @@ class Path:
         raise NotImplementedError
 
     def sample(self, x0: Tensor, t: Tensor | float, noise: Tensor) -> Tensor:
-        """x_t = α_t x_0 + σ_t ε (the conditional path), shaped like x0."""
+        """x_t = α_t x_0 + σ_t ε (the conditional path, eq-ch9-path), shaped like x0."""
         t = _check_times(t, x0)
         return _bcast(self.alpha(t), x0) * x0 + _bcast(self.sigma(t), x0) * noise
 
     def conditional_velocity(self, x0: Tensor, t: Tensor | float, noise: Tensor) -> Tensor:
-        """u_t = d x_t/dt = α'_t x_0 + σ'_t ε (the conditional velocity), shaped like x0."""
+        """u_t = d x_t/dt = α'_t x_0 + σ'_t ε (eq-ch9-cond-velocity), shaped like x0."""
         t = _check_times(t, x0)
         return _bcast(self.d_alpha(t), x0) * x0 + _bcast(self.d_sigma(t), x0) * noise
 
     def velocity_from_eps(self, x_t: Tensor, t: Tensor | float, eps: Tensor) -> Tensor:
-        """v = (α'/α) x_t + (σ' - α'σ/α) ε̂ (velocity from ε); needs α_t > 0.
+        """v = (α'/α) x_t + (σ' - α'σ/α) ε̂ (velocity from ε, eq-ch9-velocity-eps); needs α_t > 0.
 
         Substitute x̂_0 = (x_t - σ ε̂)/α into α' x̂_0 + σ' ε̂. With ε̂ = E[ε | x_t] (the exact
         ε-model) it is the marginal velocity E[u_t | x_t]: conditional expectation is linear.
@@ -93,7 +94,8 @@ class Path:
         return (da / a) * x_t + (ds - da * s / a) * eps
 
     def eps_from_velocity(self, x_t: Tensor, t: Tensor | float, v: Tensor) -> Tensor:
-        """The inverse of :meth:`velocity_from_eps`: ε̂ = (v - (α'/α) x_t)/(σ' - α'σ/α)."""
+        """The inverse of :meth:`velocity_from_eps`: ε̂ = (v - (α'/α) x_t)/(σ' - α'σ/α)
+        (eq-ch9-velocity-eps solved for ε̂)."""
         t = _check_times(t, x_t)
         a, s, da, ds = (_bcast(f(t), x_t) for f in self._coefficients())
         return (v - (da / a) * x_t) / (ds - da * s / a)
@@ -114,12 +116,12 @@ class Path:
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """The conditional flow-matching loss per example, [B] (Lipman et al. 2023).
+        """The conditional flow-matching loss per example, [B] (Lipman et al. 2023; eq-ch9-fm-loss).
 
         Draws t ~ U(0, 1) and ε ~ N(0, I) unless given, and returns the mean over coordinates
         of ‖v_θ(x_t, t) - u_t‖². Its expectation differs from the regression on the marginal
         velocity, E‖v_θ - v_t‖², by a constant independent of θ, so both have the same
-        minimiser v_t and the same gradients.
+        minimiser v_t and the same gradients (eq-ch9-loss-gap).
         """
         b = x0.shape[0]
         if t is None:
@@ -132,7 +134,8 @@ class Path:
 
 
 class LinearPath(Path):
-    """α_t = 1 - t, σ_t = t: the straight line from x_0 to ε (rectified flow), u_t = ε - x_0."""
+    """α_t = 1 - t, σ_t = t: the straight line from x_0 to ε (rectified flow), u_t = ε - x_0
+    (eq-ch9-linear)."""
 
     name = "linear"
 
@@ -152,7 +155,9 @@ class LinearPath(Path):
 class VPPath(Path):
     """The variance-preserving path of a VP-SDE: α_t = √ᾱ(t), σ_t = √(1 - ᾱ(t)), with
     α'_t = -½β(t) α_t and σ'_t = ½β(t) ᾱ(t)/σ_t (Chapter 6's marginals, eq-ch6-marginals).
-    ``DiscreteVPSDE(diffusion.betas)`` gives the path of a trained DDPM model."""
+    ``DiscreteVPSDE(diffusion.betas)`` gives the path of a trained DDPM model. Its velocity from
+    ε (eq-ch9-velocity-eps) is -½β(t) x + ½β(t) ε̂/σ_t, the probability-flow drift of Chapter 6
+    (eq-ch9-vp-velocity)."""
 
     name = "vp"
 
@@ -180,7 +185,7 @@ class VPPath(Path):
 
 def mixture_velocity(mixture: GaussianMixture2D, path: Path, x: Tensor, t: Tensor) -> Tensor:
     """The exact marginal velocity v_t(x) = E[α' x_0 + σ' ε | x_t = x] of a Gaussian mixture
-    (the marginal velocity), x [n, d], t [n] in [0, 1] -> [n, d].
+    (eq-ch9-marginal-velocity), x [n, d], t [n] in [0, 1] -> [n, d].
 
     Given component k, (x_0, ε, x_t) are jointly Gaussian with x_t ~ N(α μ_k, r² I),
     r² = α² s² + σ², so E[x_0 | x_t, k] = μ_k + (α s²/r²)(x_t - α μ_k) and
@@ -218,7 +223,8 @@ def flow_sample(
     t_end: float = 0.0,
     schedule: Callable[[int], Tensor] | None = None,
 ) -> Tensor:
-    """Integrate dx/dt = velocity(x, t) from t = 1 (the noise ``x_1``) to ``t_end`` (Chapter 9).
+    """Integrate dx/dt = velocity(x, t) (eq-ch9-ode) from t = 1 (the noise ``x_1``) to ``t_end``
+    (Chapter 9).
 
     ``steps`` uniform steps of :func:`ddpm_lib.sde.ode_step` (Euler: one velocity call per step,
     Heun: two), or the descending times ``schedule(steps)`` from 1 to t_end. Returns a tensor
@@ -241,7 +247,7 @@ def flow_sample(
 
 
 def gaussian_flow_map(mean: float, std: float, path: Path, x_1: Tensor, t: float) -> Tensor:
-    """Where the exact flow of data N(mean, std² I) takes x_1 at time t (a closed form).
+    """Where the exact flow of data N(mean, std² I) takes x_1 at time t (eq-ch9-gaussian-flow-map).
 
     The marginal of x_t is N(α_t m, r_t² I), r_t² = α_t² s² + σ_t², and the flow is the
     monotone map between the Gaussians: x_t = α_t m + (r_t/r_1)(x_1 - α_1 m).

@@ -158,8 +158,10 @@ def ddim_step(
     DDPM's for every σ (eq-ch7-joint), with σ from η (eq-ch7-sigma-eta):
     x_prev = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂ + σ z (eq-ch7-ddim-step),
     σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev). With η = 0 it is an Euler step of the
-    probability-flow ODE in the variables y = x/√ᾱ, s = √(1/ᾱ-1) (eq-ch7-ddim-euler); with
-    η = 1 and t_prev = t-1, σ² = β̃_t and the mean is μ̃_t(x̂_0, x_t): one DDPM step.
+    probability-flow ODE in the variables y = x/√ᾱ, s = √(1/ᾱ-1) (eq-ch7-ddim-euler), where the
+    ODE reads dy/ds = ε̂ (eq-ch9-ve-ode) and the step lands on x_prev = √ᾱ_prev x̂_0 +
+    √(1-ᾱ_prev) ε̂ (eq-ch9-ddim-euler); with η = 1 and t_prev = t-1, σ² = β̃_t and the mean
+    is μ̃_t(x̂_0, x_t): one DDPM step.
     """
     if eta < 0:
         raise ValueError(f"eta must be ≥ 0, got {eta}")

@@ -457,11 +457,12 @@ def velocity_log_likelihood(
     """log p_{times[0]}(x) of the density an ODE dx/dt = v(x, t) carries, per sample (eq-ch6-cov).
 
     Chapters 6 and 9. Along the ODE the density obeys d log p_t(x(t))/dt = -∇·v(x(t), t) (the
-    continuity equation), so log p_{t_0}(x) = log p_1(x(1)) + ∫_{t_0}^1 ∇·v(x(t), t) dt. Both
-    x(t) and the integral are carried by Heun's method over the increasing ``times`` (t_0 …
-    1). ``prior_logp`` is log p_1; ``hutchinson`` uses one Gaussian probe per sample (fixed
-    along the path) instead of the exact divergence. One estimator for both kinds of model:
-    a diffusion model's probability-flow drift and a flow-matching model's velocity.
+    continuity equation eq-ch9-continuity, read along one path), so
+    log p_{t_0}(x) = log p_1(x(1)) + ∫_{t_0}^1 ∇·v(x(t), t) dt. Both x(t) and the integral are
+    carried by Heun's method over the increasing ``times`` (t_0 … 1). ``prior_logp`` is
+    log p_1; ``hutchinson`` uses one Gaussian probe per sample (fixed along the path) instead
+    of the exact divergence. One estimator for both kinds of model: a diffusion model's
+    probability-flow drift and a flow-matching model's velocity.
     """
     if times.ndim != 1 or len(times) < 2 or not bool((times[1:] > times[:-1]).all()):
         raise ValueError("times must be an increasing 1-D grid from the data end to t = 1")
